@@ -1,0 +1,97 @@
+"""Delta table edges: read, overwrite, append and MERGE under `<lake>/<name>`, retrying write conflicts."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from flo_seg.settings import LakeSettings
+from schemas.tables import TABLE_SCHEMAS, conform
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# Delta's optimistic concurrency raises these when two writers touch the same files; both are retryable.
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DELTA_CONCURRENT",
+)
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """A Delta optimistic-concurrency conflict, identified by its class name or error class."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(marker in text for marker in _CONFLICTS)
+
+
+def with_conflict_retry(
+    action: Callable[[], R], *, what: str, attempts: int = 8, base_delay: float = 0.2
+) -> R:
+    """Run a Delta write, retrying optimistic-concurrency conflicts with jittered exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if not is_write_conflict(exc) or attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning(
+                "%s: Delta write conflict (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def table_exists(spark: SparkSession, lake: LakeSettings, name: str) -> bool:
+    """Whether a Delta table has been created at `<lake>/<name>`."""
+    return DeltaTable.isDeltaTable(spark, lake.table(name))
+
+
+def read_table(spark: SparkSession, lake: LakeSettings, name: str) -> DataFrame:
+    """A Delta table, or a clear error naming the command that creates it."""
+    if not table_exists(spark, lake, name):
+        raise FileNotFoundError(
+            f"no Delta table {name!r} under {lake.root}; run `flo-seg train --history CSV` first"
+        )
+    return spark.read.format("delta").load(lake.table(name))
+
+
+def overwrite_table(
+    df: DataFrame, lake: LakeSettings, name: str, *, replace_where: str | None = None
+) -> None:
+    """Atomically replace a table (or the rows matching `replace_where`) with contract-shaped rows."""
+    writer = conform(df, TABLE_SCHEMAS[name]).write.format("delta").mode("overwrite")
+    writer = (
+        writer.option("replaceWhere", replace_where)
+        if replace_where
+        else writer.option("overwriteSchema", "true")
+    )
+    with_conflict_retry(lambda: writer.save(lake.table(name)), what=f"overwrite {name}")
+
+
+def append_table(df: DataFrame, lake: LakeSettings, name: str, *, txn: tuple[str, int] | None = None) -> None:
+    """Append contract-shaped rows; `txn=(app_id, version)` makes a replayed append a no-op."""
+    writer = conform(df, TABLE_SCHEMAS[name]).write.format("delta").mode("append")
+    if txn is not None:
+        writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+    with_conflict_retry(lambda: writer.save(lake.table(name)), what=f"append {name}")
+
+
+def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
+    """Create an empty table with its contract schema if it does not exist yet."""
+    if not table_exists(spark, lake, name):
+        empty = spark.createDataFrame([], TABLE_SCHEMAS[name])
+        with_conflict_retry(
+            lambda: empty.write.format("delta").mode("append").save(lake.table(name)), what=f"create {name}"
+        )

@@ -1,0 +1,142 @@
+"""The clustering pipeline: cap → log → assemble → scale → cluster, with k chosen by silhouette."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from batch.features import CAPPED_FEATURES, CLUSTER_FEATURES
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS: tuple[str, ...] = ("kmeans", "bisecting", "gmm")
+PREDICTION = "cluster"
+SCALED = "scaled_features"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KCandidate:
+    """One row of the k-selection table."""
+
+    k: int
+    silhouette: float
+    cost: float | None
+
+
+def feature_caps(features_df: DataFrame, quantile: float) -> dict[str, float]:
+    """Upper caps of the heavy-tailed features at a training quantile (the documented outlier rule)."""
+    values = features_df.approxQuantile(list(CAPPED_FEATURES), [quantile], 0.001)
+    return {name: float(v[0]) for name, v in zip(CAPPED_FEATURES, values, strict=True)}
+
+
+def capped_log_sql(caps: dict[str, float]) -> str:
+    """SQL of the first pipeline stage, so the caps travel inside the saved PipelineModel."""
+    parts = [
+        f"log1p(least(greatest(CAST({n} AS DOUBLE), 0D), {caps[n]!r}D)) AS x_{n}" for n in CAPPED_FEATURES
+    ]
+    plain = [f"CAST({n} AS DOUBLE) AS x_{n}" for n in CLUSTER_FEATURES if n not in CAPPED_FEATURES]
+    return f"SELECT *, {', '.join(parts + plain)} FROM __THIS__"
+
+
+def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | BisectingKMeans | GaussianMixture:
+    """The Spark ML estimator behind `--algorithm`."""
+    common = {"featuresCol": SCALED, "predictionCol": PREDICTION, "k": k, "seed": seed, "maxIter": max_iter}
+    if algorithm == "kmeans":
+        return KMeans(initMode="k-means||", initSteps=2, tol=1e-4, **common)
+    if algorithm == "bisecting":
+        return BisectingKMeans(**common)
+    if algorithm == "gmm":
+        return GaussianMixture(probabilityCol="cluster_probability", tol=0.01, **common)
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+
+
+def preprocessing_stages(caps: dict[str, float]) -> list:  # type: ignore[type-arg]
+    """Cap + log, assemble and scale: shared by k selection and the final pipeline."""
+    return [
+        SQLTransformer(statement=capped_log_sql(caps)),
+        VectorAssembler(inputCols=[f"x_{n}" for n in CLUSTER_FEATURES], outputCol="raw_features"),
+        StandardScaler(inputCol="raw_features", outputCol=SCALED, withMean=True, withStd=True),
+    ]
+
+
+def clustering_pipeline(caps: dict[str, float], algorithm: str, k: int, seed: int, max_iter: int) -> Pipeline:
+    """The whole model as one Pipeline, saved and loaded as one PipelineModel."""
+    return Pipeline(stages=[*preprocessing_stages(caps), clusterer(algorithm, k, seed, max_iter)])
+
+
+def _cost(model: object) -> float | None:
+    summary = getattr(model, "summary", None)
+    if summary is None:
+        return None
+    if hasattr(summary, "trainingCost"):
+        return float(summary.trainingCost)
+    if hasattr(summary, "logLikelihood"):
+        return -float(summary.logLikelihood)
+    return None
+
+
+def select_k(
+    sample_df: DataFrame,
+    caps: dict[str, float],
+    *,
+    algorithm: str,
+    k_values: range,
+    seed: int,
+    max_iter: int,
+    progress: Callable[[str], None] = log.info,
+) -> list[KCandidate]:
+    """Silhouette and cost for each k on a cached sample (the full data is only used for the final fit)."""
+    # A sample fits in a couple of partitions; more would only add task overhead to every iteration.
+    prepared = (
+        Pipeline(stages=preprocessing_stages(caps))
+        .fit(sample_df)
+        .transform(sample_df)
+        .select(SCALED)
+        .coalesce(2)
+        .cache()
+    )
+    prepared.count()
+    evaluator = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION, metricName="silhouette")
+    table = []
+    try:
+        for k in k_values:
+            started = time.monotonic()
+            model = clusterer(algorithm, k, seed, max_iter).fit(prepared)
+            silhouette = float(evaluator.evaluate(model.transform(prepared)))
+            table.append(KCandidate(k=k, silhouette=silhouette, cost=_cost(model)))
+            progress(
+                f"k={k:>2}  silhouette={silhouette:.4f}  cost={_cost(model)}  ({time.monotonic() - started:.1f}s)"
+            )
+    finally:
+        prepared.unpersist()
+    return table
+
+
+def best_k(table: list[KCandidate]) -> int:
+    """Highest silhouette; ties go to the smaller k (fewer segments are easier to act on)."""
+    return max(table, key=lambda c: (round(c.silhouette, 6), -c.k)).k
+
+
+def fit_pipeline(
+    train_df: DataFrame, caps: dict[str, float], *, algorithm: str, k: int, seed: int, max_iter: int
+) -> PipelineModel:
+    """Fit the final pipeline on all training customers."""
+    return clustering_pipeline(caps, algorithm, k, seed, max_iter).fit(train_df)
+
+
+def score_clusters(model: PipelineModel, features_df: DataFrame) -> DataFrame:
+    """Cluster id (`cluster`) for every customer, keeping the input columns, dropping helper columns."""
+    scored = model.transform(features_df)
+    helpers = [
+        c for c in scored.columns if c.startswith("x_") or c in ("raw_features", "cluster_probability")
+    ]
+    return scored.drop(*helpers).withColumn(PREDICTION, F.col(PREDICTION).cast("int"))

@@ -1,0 +1,239 @@
+"""`flo-seg train`: history (or the lake's customer_state) → validated state → model → segments → tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from batch.features import CLUSTER_FEATURES, with_customer_features
+from batch.lake import append_table, overwrite_table, read_table
+from batch.load import read_history
+from batch.model import best_k, feature_caps, fit_pipeline, score_clusters, select_k
+from batch.registry import ModelRecord, artifact_path, new_version, publish_model
+from batch.rfm import training_rfm_edges, with_training_rfm_scores
+from batch.score import ScoringModel, resolve_as_of, with_segments
+from batch.segments import (
+    campaign_targets,
+    cluster_profiles_z,
+    name_segments,
+    population,
+    recommend_action,
+    segment_profiles,
+)
+from batch.validate import DETAIL, REASON, ROW_ORDER, raw_record, validate_history
+from flo_seg.settings import LakeSettings, TrainSettings
+from schemas.tables import (
+    CAMPAIGN_TARGETS,
+    CUSTOMER_SEGMENTS,
+    CUSTOMER_STATE,
+    CUSTOMER_STATE_SCHEMA,
+    QUARANTINE,
+    SEGMENT_PROFILES,
+)
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Log the start and duration of a long step, so a user sees progress."""
+    log.info("%s ...", name)
+    started = time.monotonic()
+    yield
+    log.info("%s done in %.1fs", name, time.monotonic() - started)
+
+
+@dataclass(kw_only=True)
+class TrainSummary:
+    """What a training run read, kept, rejected and produced."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    model_version: str = ""
+    k: int = 0
+    silhouette: float | None = None
+    as_of: dt.date | None = None
+    segments: dict[str, int] = field(default_factory=dict)
+
+
+def state_from_history(validated_df: DataFrame) -> DataFrame:
+    """Customer-state rows from validated history rows (integers for counts, stamped now)."""
+    kept = validated_df.where(F.col(REASON).isNull())
+    return kept.withColumn("updated_at", F.current_timestamp()).select(
+        *[F.col(f.name).cast(f.dataType) for f in CUSTOMER_STATE_SCHEMA.fields], ROW_ORDER
+    )
+
+
+def quarantine_rows(validated_df: DataFrame, source: str) -> DataFrame:
+    """Rejected history rows with their raw record and reason."""
+    return validated_df.where(F.col(REASON).isNotNull()).select(
+        F.lit(source).alias("source"),
+        raw_record().alias("raw_record"),
+        F.col(REASON).alias("reason"),
+        F.col(DETAIL).alias("detail"),
+        F.lit(None).cast("string").alias("kafka_topic"),
+        F.lit(None).cast("int").alias("kafka_partition"),
+        F.lit(None).cast("long").alias("kafka_offset"),
+        F.current_timestamp().alias("detected_at"),
+    )
+
+
+def sample_for_selection(features_df: DataFrame, rows: int, size: int, seed: int) -> DataFrame:
+    """A seeded sample of about `size` customers for k selection (all of them when fewer)."""
+    if rows <= size:
+        return features_df
+    return features_df.sample(fraction=min(1.0, 1.1 * size / rows), seed=seed).limit(size)
+
+
+def run_train(
+    spark: SparkSession,
+    lake: LakeSettings,
+    settings: TrainSettings,
+    *,
+    history_path: str | None,
+    as_of: dt.date | None = None,
+) -> TrainSummary:
+    """Train a new model version, publish it, and rewrite segments, profiles and campaign lists."""
+    summary = TrainSummary()
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    if history_path is not None:
+        with step(f"reading and validating {history_path}"):
+            validated = validate_history(read_history(spark, history_path)).cache()
+            counts = {r[REASON]: r["count"] for r in validated.groupBy(REASON).count().collect()}
+            summary.rows_read = sum(counts.values())
+            summary.rows_kept = counts.pop(None, 0)
+            summary.quarantined = dict(sorted(counts.items()))
+        if summary.rows_kept == 0:
+            raise ValueError(f"{history_path}: no valid customers (quarantined: {summary.quarantined})")
+        state = state_from_history(validated)
+        order_col_name = ROW_ORDER
+    else:
+        state = read_table(spark, lake, CUSTOMER_STATE)
+        order_col_name = "master_id"
+    summary.as_of = resolve_as_of(state, as_of)
+    features = state.transform(lambda df: with_customer_features(df, F.lit(summary.as_of))).cache()
+    rows = features.count()
+    summary.rows_kept = summary.rows_kept or rows
+    log.info("training on %d customers, analysis date %s", rows, summary.as_of)
+
+    with step("classic RFM quintile edges"):
+        edges, ranks = training_rfm_edges(features)
+    caps = feature_caps(features, settings.cap_quantile)
+    log.info("outlier caps at the %.0fth percentile: %s", settings.cap_quantile * 100, caps)
+
+    if settings.k is not None:
+        k, table = settings.k, []
+    else:
+        with step(f"choosing k in {settings.k_min}..{settings.k_max} by silhouette ({settings.algorithm})"):
+            sample = sample_for_selection(features, rows, settings.selection_sample, settings.seed)
+            table = select_k(
+                sample,
+                caps,
+                algorithm=settings.algorithm,
+                k_values=range(settings.k_min, settings.k_max + 1),
+                seed=settings.seed,
+                max_iter=settings.max_iter,
+            )
+            k = best_k(table)
+    with step(f"fitting {settings.algorithm} with k={k} on {rows} customers"):
+        pipeline = fit_pipeline(
+            features, caps, algorithm=settings.algorithm, k=k, seed=settings.seed, max_iter=settings.max_iter
+        )
+        clustered = score_clusters(pipeline, features).cache()
+        names = name_segments(cluster_profiles_z(clustered))
+    version = new_version(now)
+    record = ModelRecord(
+        version=version,
+        artifact_path=artifact_path(lake, version),
+        algorithm=settings.algorithm,
+        k=k,
+        silhouette=next((c.silhouette for c in table if c.k == k), None),
+        k_selection=tuple(table),
+        features=CLUSTER_FEATURES,
+        caps=caps,
+        edges=edges,
+        segment_names=names,
+        training_rows=rows,
+        seed=settings.seed,
+        as_of=summary.as_of,
+        trained_at=now,
+    )
+    pipeline.write().overwrite().save(record.artifact_path)
+
+    with step("scoring and writing tables"):
+        scored = (
+            features.transform(lambda df: with_segments(df, ScoringModel(record, pipeline)))
+            .transform(lambda df: with_training_rfm_scores(df, edges, ranks, order_col_name))
+            .withColumn("scored_at", F.lit(now))
+            .cache()
+        )
+        if history_path is not None:
+            append_table(quarantine_rows(validated, f"history:{history_path}"), lake, QUARANTINE)
+            overwrite_table(state, lake, CUSTOMER_STATE)
+        overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
+        write_profiles(spark, lake, scored, version)
+        write_campaigns(lake, scored)
+        publish_model(spark, lake, record)
+        summary.segments = {r["segment"]: r["count"] for r in scored.groupBy("segment").count().collect()}
+    clustered.unpersist()
+    scored.unpersist()
+    features.unpersist()
+    summary.model_version, summary.k, summary.silhouette = version, k, record.silhouette
+    return summary
+
+
+def write_profiles(spark: SparkSession, lake: LakeSettings, scored: DataFrame, version: str) -> None:
+    """Profiles with their marketing action, replacing this version's rows only."""
+    profiles = segment_profiles(scored).withColumn("model_version", F.lit(version))
+    pop = population(scored)
+    rows = []
+    for p in profiles.collect():
+        action = recommend_action(p.asDict(), pop)
+        rows.append(
+            {
+                **p.asDict(),
+                "action_channel": action.channel,
+                "action_offer": action.offer,
+                "action_timing": action.timing,
+                "action": action.text,
+            }
+        )
+    frame = spark.createDataFrame(rows, samplingRatio=None, schema=_profile_schema(profiles)).withColumn(
+        "profiled_at", F.current_timestamp()
+    )
+    overwrite_table(frame, lake, SEGMENT_PROFILES, replace_where=f"model_version = '{version}'")
+
+
+def _profile_schema(profiles: DataFrame):  # type: ignore[no-untyped-def]
+    from pyspark.sql import types as T
+
+    extra = [
+        T.StructField(n, T.StringType())
+        for n in ("action_channel", "action_offer", "action_timing", "action")
+    ]
+    return T.StructType([*profiles.schema.fields, *extra])
+
+
+def write_campaigns(lake: LakeSettings, scored: DataFrame) -> None:
+    """The two classic campaign lists as a Delta table and one CSV folder per campaign."""
+    segments = scored.select("master_id", "rfm_segment", "segment", "model_version", "as_of")
+    categories = scored.select("master_id", "interested_in_categories_12")
+    targets = campaign_targets(segments, categories).cache()
+    overwrite_table(targets, lake, CAMPAIGN_TARGETS)
+    (
+        targets.select("campaign", "master_id", "rfm_segment", "segment")
+        .repartition(1)
+        .write.mode("overwrite")
+        .partitionBy("campaign")
+        .option("header", True)
+        .csv(lake.exports_dir)
+    )
+    targets.unpersist()

@@ -1,0 +1,173 @@
+"""History validation: parse raw string rows, give every untrustworthy row one reason, dedupe customers."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from schemas.history import (
+    CATEGORIES,
+    CHANNELS,
+    CORRUPT_RECORD_COLUMN,
+    HISTORY_COLUMN_NAMES,
+    columns_of_kind,
+)
+
+ROW_ORDER = "row_order"
+REASON = "reason"
+DETAIL = "detail"
+
+# One reason per row, the first that applies, so counts by reason add up to the rows quarantined.
+REASONS: tuple[str, ...] = (
+    "malformed_row",
+    "missing_master_id",
+    "bad_date",
+    "bad_number",
+    "no_orders",
+    "last_before_first",
+    "unknown_channel",
+    "malformed_categories",
+    "duplicate_master_id",
+)
+
+_CATEGORY_LIST = r"^\[\s*([A-Za-z]+(\s*,\s*[A-Za-z]+)*)?\s*\]$"
+_DATE_TEXT = r"^\d{4}-\d{2}-\d{2}$"
+_NUMBER_TEXT = r"^\s*-?\d+(\.\d+)?\s*$"
+
+
+def parse_date(raw_col: Column) -> Column:
+    """A strict yyyy-MM-dd date, null when absent or unparseable (never an exception under ANSI)."""
+    text = F.trim(raw_col)
+    return F.when(text.rlike(_DATE_TEXT), text.try_cast("date"))
+
+
+def parse_number(raw_col: Column) -> Column:
+    """A plain decimal number, null when absent or not a number."""
+    return F.when(raw_col.rlike(_NUMBER_TEXT), F.trim(raw_col).try_cast("double"))
+
+
+def parse_categories(raw_col: Column) -> Column:
+    """`[A, B]` into an upper-case array; null when the text is not a list."""
+    text = F.trim(raw_col)
+    inner = F.regexp_replace(text, r"^\[|\]$", "")
+    items = F.filter(F.transform(F.split(inner, ","), lambda x: F.upper(F.trim(x))), lambda x: x != "")
+    return F.when(text.rlike(_CATEGORY_LIST), F.array_distinct(items))
+
+
+def with_parsed_history(raw_df: DataFrame) -> DataFrame:
+    """Typed history columns beside the raw ones (`raw_<name>`), nothing dropped yet."""
+    df = raw_df
+    for name in HISTORY_COLUMN_NAMES:
+        df = df.withColumn(f"raw_{name}", F.col(name))
+    df = df.withColumn("master_id", F.nullif(F.trim(F.col("raw_master_id")), F.lit("")))
+    for name in columns_of_kind("channel"):
+        df = df.withColumn(name, F.trim(F.col(f"raw_{name}")))
+    for name in columns_of_kind("date"):
+        df = df.withColumn(name, parse_date(F.col(f"raw_{name}")))
+    for name in columns_of_kind("count") + columns_of_kind("amount"):
+        df = df.withColumn(name, parse_number(F.col(f"raw_{name}")))
+    return df.withColumn(
+        "interested_in_categories_12", parse_categories(F.col("raw_interested_in_categories_12"))
+    )
+
+
+def _any(cols: list[Column]) -> Column:
+    out = F.lit(False)
+    for c in cols:
+        out = out | c
+    return out
+
+
+def _rejection_checks() -> list[tuple[str, Column, Column]]:
+    """(reason, failed?, detail) in priority order; each check may assume the earlier ones passed."""
+    counts, amounts = columns_of_kind("count"), columns_of_kind("amount")
+    dates_required = ("first_order_date", "last_order_date")
+    channel_dates = {
+        "last_order_date_online": "order_num_total_ever_online",
+        "last_order_date_offline": "order_num_total_ever_offline",
+    }
+    bad_date_checks = [F.col(d).isNull() for d in dates_required]
+    # A channel's last-order date may only be empty when the customer never ordered on that channel.
+    bad_date_checks += [
+        F.col(d).isNull() & (F.col(f"raw_{d}").isNotNull() | (F.coalesce(F.col(c), F.lit(1.0)) > 0))
+        for d, c in channel_dates.items()
+    ]
+    bad_number_checks = [F.col(c).isNull() | (F.col(c) < 0) | (F.col(c) != F.floor(F.col(c))) for c in counts]
+    bad_number_checks += [F.col(a).isNull() | (F.col(a) < 0) for a in amounts]
+    category_ok = F.forall(F.col("interested_in_categories_12"), lambda x: x.isin(list(CATEGORIES)))
+    return [
+        ("malformed_row", F.col(CORRUPT_RECORD_COLUMN).isNotNull(), F.lit("column count or quoting")),
+        ("missing_master_id", F.col("master_id").isNull(), F.lit(None)),
+        ("bad_date", _any(bad_date_checks), F.lit("missing or not yyyy-MM-dd")),
+        ("bad_number", _any(bad_number_checks), F.lit("count or value missing, non-numeric or negative")),
+        ("no_orders", (F.col(counts[0]) + F.col(counts[1])) <= 0, F.lit("online + offline orders = 0")),
+        (
+            "last_before_first",
+            F.col("last_order_date") < F.col("first_order_date"),
+            F.concat_ws(" < ", F.col("raw_last_order_date"), F.col("raw_first_order_date")),
+        ),
+        (
+            "unknown_channel",
+            _any(
+                [~F.coalesce(F.col(c).isin(list(CHANNELS)), F.lit(False)) for c in columns_of_kind("channel")]
+            ),
+            F.concat_ws(" / ", *[F.col(c) for c in columns_of_kind("channel")]),
+        ),
+        (
+            "malformed_categories",
+            F.col("interested_in_categories_12").isNull() | ~category_ok,
+            F.col("raw_interested_in_categories_12"),
+        ),
+    ]
+
+
+def with_rejection_reason(parsed_df: DataFrame) -> DataFrame:
+    """`reason`/`detail` set to the first failed check, null for a trustworthy row."""
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for name, failed, why in reversed(_rejection_checks()):
+        reason = F.when(F.coalesce(failed, F.lit(True)), F.lit(name)).otherwise(reason)
+        detail = F.when(F.coalesce(failed, F.lit(True)), why.cast("string")).otherwise(detail)
+    return parsed_df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+
+
+def with_duplicates_flagged(df: DataFrame) -> DataFrame:
+    """Among valid rows, keep the most recent record per master_id (then the earliest in the file)."""
+    order = Window.partitionBy("master_id").orderBy(
+        F.col("last_order_date").desc(),
+        (F.col("order_num_total_ever_online") + F.col("order_num_total_ever_offline")).desc(),
+        F.col(ROW_ORDER).asc(),
+    )
+    is_valid = F.col(REASON).isNull()
+    rank = F.when(is_valid, F.row_number().over(order))
+    return (
+        df.withColumn("_dup_rank", rank)
+        .withColumn(
+            REASON,
+            F.when(is_valid & (F.col("_dup_rank") > 1), F.lit("duplicate_master_id")).otherwise(
+                F.col(REASON)
+            ),
+        )
+        .withColumn(
+            DETAIL,
+            F.when(F.col(REASON) == "duplicate_master_id", F.lit("kept the most recent record")).otherwise(
+                F.col(DETAIL)
+            ),
+        )
+        .drop("_dup_rank")
+    )
+
+
+def validate_history(raw_df: DataFrame) -> DataFrame:
+    """Parsed history with `reason` null for kept rows; duplicates of a kept customer are rejected."""
+    return (
+        raw_df.transform(with_parsed_history)
+        .transform(with_rejection_reason)
+        .transform(with_duplicates_flagged)
+    )
+
+
+def raw_record() -> Column:
+    """The row as it came in: the unparsed line for malformed rows, else its raw fields as JSON."""
+    fields = F.struct(*[F.col(f"raw_{n}").alias(n) for n in HISTORY_COLUMN_NAMES])
+    return F.coalesce(F.col(CORRUPT_RECORD_COLUMN), F.to_json(fields))

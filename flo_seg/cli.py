@@ -1,0 +1,205 @@
+"""`flo-seg`: one command line for generating data, training, scoring, reporting and querying."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
+
+log = logging.getLogger("flo_seg")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a yyyy-mm-dd date: {text!r}") from exc
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags; `--help` works on each."""
+    parser = argparse.ArgumentParser(
+        prog="flo-seg",
+        description="FLO customer segmentation: batch RFM + clustering on Spark, Delta tables under a lake.",
+    )
+    parser.add_argument(
+        "--lake", default=None, help="lake root for the Delta tables (env FLO_LAKE, default ./lake)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="write a synthetic history CSV calibrated to the FLO data")
+    gen.add_argument("--customers", type=_positive_int, default=50_000, help="rows to write (default 50000)")
+    gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    gen.add_argument("--out", required=True, help="CSV path to write")
+    gen.add_argument(
+        "--chunk-size", type=_positive_int, default=250_000, help="rows per chunk held in memory"
+    )
+
+    train = sub.add_parser("train", help="validate history, train a model version, segment every customer")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", help="customer history CSV (the 12 FLO columns)")
+    source.add_argument(
+        "--from-lake", action="store_true", help="retrain on the lake's current customer_state"
+    )
+    train.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
+    train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default="kmeans")
+    train.add_argument("--k", type=int, help="force the number of segments instead of choosing by silhouette")
+    train.add_argument("--k-min", type=int, default=2, help="smallest k tried (default 2)")
+    train.add_argument("--k-max", type=int, default=10, help="largest k tried (default 10)")
+    train.add_argument("--seed", type=int, default=42, help="clustering seed (default 42)")
+    train.add_argument(
+        "--selection-sample",
+        type=_positive_int,
+        default=20_000,
+        help="customers sampled to choose k (default 20000)",
+    )
+    train.add_argument(
+        "--max-iter", type=_positive_int, default=30, help="clustering iterations (default 30)"
+    )
+
+    rescore = sub.add_parser("rescore", help="apply the current model to every customer (recency ages)")
+    rescore.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
+
+    report = sub.add_parser("report", help="write the HTML + Markdown report with plots")
+    report.add_argument("--out", default="reports", help="output folder (default ./reports)")
+
+    query = sub.add_parser("query", help="run Spark SQL over the lake's tables (registered by name)")
+    query.add_argument("sql", help='e.g. "SELECT segment, count(*) FROM customer_segments GROUP BY segment"')
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument(
+        "--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)"
+    )
+    return parser
+
+
+def _lake(args: argparse.Namespace) -> LakeSettings:
+    return LakeSettings(root=args.lake or default_lake())
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write the built-in synthetic history."""
+    from batch.generate import write_history_csv
+
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-9)
+        log.info("generated %d/%d customers (%.0f rows/s)", done, total, rate)
+
+    rows = write_history_csv(
+        args.out, customers=args.customers, seed=args.seed, chunk_size=args.chunk_size, progress=progress
+    )
+    print(f"wrote {rows} customers to {args.out} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, publish and segment; print the run summary."""
+    from batch.train import run_train
+    from flo_seg.spark import build_session
+
+    settings = TrainSettings(
+        algorithm=args.algorithm,
+        k=args.k,
+        k_min=args.k_min,
+        k_max=args.k_max,
+        seed=args.seed,
+        selection_sample=args.selection_sample,
+        max_iter=args.max_iter,
+    )
+    if settings.k is not None and not 2 <= settings.k <= 12:
+        raise SystemExit("flo-seg train: --k must be between 2 and 12")
+    spark = build_session(default_spark_settings("flo-seg-train"))
+    lake = _lake(args)
+    summary = run_train(spark, lake, settings, history_path=args.history, as_of=args.as_of)
+    if args.history:
+        print(
+            f"rows read {summary.rows_read}, kept {summary.rows_kept}, "
+            f"quarantined {sum(summary.quarantined.values())}"
+        )
+        for reason, n in summary.quarantined.items():
+            print(f"  quarantined {reason}: {n}")
+    print(
+        f"model {summary.model_version}: {args.algorithm}, k={summary.k}, silhouette={summary.silhouette}, "
+        f"as of {summary.as_of}, tables under {lake.root}"
+    )
+    for name, n in sorted(summary.segments.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<28} {n:>9}")
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """Re-score all customers with the current model."""
+    from batch.rescore import run_rescore
+    from flo_seg.spark import build_session
+
+    spark = build_session(default_spark_settings("flo-seg-rescore"))
+    sizes = run_rescore(spark, _lake(args), as_of=args.as_of)
+    for name, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<28} {n:>9}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report files and print their paths."""
+    from batch.report import run_report
+
+    from flo_seg.spark import build_session
+
+    spark = build_session(default_spark_settings("flo-seg-report"))
+    for path in run_report(spark, _lake(args), args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Print a SQL result."""
+    from batch.query import run_query
+    from flo_seg.spark import build_session
+
+    spark = build_session(default_spark_settings("flo-seg-query"))
+    run_query(spark, _lake(args), args.sql, fmt=args.format, limit=args.limit)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "generate": cmd_generate,
+    "train": cmd_train,
+    "rescore": cmd_rescore,
+    "report": cmd_report,
+    "query": cmd_query,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `flo-seg` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, LookupError, ValueError) as exc:
+        print(f"flo-seg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

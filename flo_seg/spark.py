@@ -1,0 +1,77 @@
+"""The one SparkSession factory: Delta enabled, local jars only, quiet, cluster-ready."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from flo_seg.settings import SparkSettings
+
+log = logging.getLogger(__name__)
+
+_LOG4J = Path(__file__).with_name("log4j2.properties").as_uri()
+_DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+_LOCAL_DEFAULTS = {
+    # Small-machine defaults; a cluster's spark-defaults or --conf flags win because they are set first.
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.autoCompact.enabled": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={_LOG4J}",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+}
+
+
+def local_jars(jars_dir: Path | None) -> list[str]:
+    """Jar files resolved by `make setup`; an empty list when the folder is absent."""
+    if jars_dir is None or not jars_dir.is_dir():
+        return []
+    return sorted(str(p) for p in jars_dir.glob("*.jar"))
+
+
+def submitted_conf() -> dict[str, str]:
+    """The SparkConf that spark-submit already gave this driver; empty when Python starts the JVM."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._gateway is None:
+        return {}
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
+def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = None) -> SparkSession:
+    """Create (or join) the process's SparkSession; nothing is downloaded at run time."""
+    submitted = submitted_conf()
+    builder = SparkSession.builder.appName(settings.app_name)
+    if settings.master and "spark.master" not in submitted:
+        builder = builder.master(settings.master)
+    # Defaults only fill gaps: a cluster's spark-defaults and spark-submit flags always win.
+    conf = {k: v for k, v in _LOCAL_DEFAULTS.items() if k not in submitted}
+    conf.update(_DELTA_CONF)
+    conf.setdefault("spark.ui.enabled", "true" if settings.ui else "false")
+    if settings.shuffle_partitions:
+        conf["spark.sql.shuffle.partitions"] = str(settings.shuffle_partitions)
+    if settings.driver_memory:
+        conf["spark.driver.memory"] = settings.driver_memory
+    jars = [] if "spark.jars" in submitted else local_jars(settings.jars_dir)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    log.debug(
+        "SparkSession %s: %d local jars, submitted conf keys %s",
+        settings.app_name,
+        len(jars),
+        sorted(submitted),
+    )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(settings.log_level)
+    return session

@@ -1,0 +1,70 @@
+"""The customer-history contract: one row per customer, the 12 FLO columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+CHANNELS: tuple[str, ...] = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
+ONLINE_CHANNELS: tuple[str, ...] = ("Android App", "Ios App", "Desktop", "Mobile")
+CATEGORIES: tuple[str, ...] = ("KADIN", "ERKEK", "COCUK", "AKTIFSPOR", "AKTIFCOCUK")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryColumn:
+    """One column of the history CSV and the type it is parsed into after validation."""
+
+    name: str
+    kind: str  # "id" | "channel" | "date" | "count" | "amount" | "categories"
+
+
+HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
+    HistoryColumn(name="master_id", kind="id"),
+    HistoryColumn(name="order_channel", kind="channel"),
+    HistoryColumn(name="last_order_channel", kind="channel"),
+    HistoryColumn(name="first_order_date", kind="date"),
+    HistoryColumn(name="last_order_date", kind="date"),
+    HistoryColumn(name="last_order_date_online", kind="date"),
+    HistoryColumn(name="last_order_date_offline", kind="date"),
+    HistoryColumn(name="order_num_total_ever_online", kind="count"),
+    HistoryColumn(name="order_num_total_ever_offline", kind="count"),
+    HistoryColumn(name="customer_value_total_ever_offline", kind="amount"),
+    HistoryColumn(name="customer_value_total_ever_online", kind="amount"),
+    HistoryColumn(name="interested_in_categories_12", kind="categories"),
+)
+
+HISTORY_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in HISTORY_COLUMNS)
+CORRUPT_RECORD_COLUMN = "_corrupt_record"
+
+_SPARK_TYPES: dict[str, T.DataType] = {
+    "id": T.StringType(),
+    "channel": T.StringType(),
+    "date": T.DateType(),
+    "count": T.DoubleType(),
+    "amount": T.DoubleType(),
+    "categories": T.ArrayType(T.StringType()),
+}
+
+
+def columns_of_kind(kind: str) -> tuple[str, ...]:
+    """Names of the history columns parsed the same way, so validation rules stay data-driven."""
+    return tuple(c.name for c in HISTORY_COLUMNS if c.kind == kind)
+
+
+def raw_history_schema(header: list[str]) -> T.StructType:
+    """All-string schema in the file's own column order: values are parsed later, never inferred."""
+    fields = [T.StructField(name, T.StringType(), True) for name in header]
+    fields.append(T.StructField(CORRUPT_RECORD_COLUMN, T.StringType(), True))
+    return T.StructType(fields)
+
+
+def typed_history_schema() -> T.StructType:
+    """The history columns as validation parses them (counts stay doubles, as FLO ships them)."""
+    return T.StructType([T.StructField(c.name, _SPARK_TYPES[c.kind], True) for c in HISTORY_COLUMNS])
+
+
+def missing_columns(header: list[str]) -> list[str]:
+    """Required history columns absent from a file header."""
+    present = {h.strip() for h in header}
+    return [name for name in HISTORY_COLUMN_NAMES if name not in present]

@@ -1,0 +1,155 @@
+"""Delta table contracts under `<lake>/<name>`: what batch writes and streaming extends."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+CUSTOMER_STATE = "customer_state"
+CUSTOMER_SEGMENTS = "customer_segments"
+SEGMENT_PROFILES = "segment_profiles"
+MODELS = "models"
+QUARANTINE = "quarantine"
+CAMPAIGN_TARGETS = "campaign_targets"
+SEGMENT_CHANGES = "segment_changes"
+
+_str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
+_date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
+
+
+def _schema(*fields: tuple[str, T.DataType, bool]) -> T.StructType:
+    return T.StructType([T.StructField(name, dtype, nullable) for name, dtype, nullable in fields])
+
+
+CUSTOMER_STATE_SCHEMA = _schema(
+    ("master_id", _str, False),
+    ("order_channel", _str, True),
+    ("last_order_channel", _str, True),
+    ("first_order_date", _date, False),
+    ("last_order_date", _date, False),
+    ("last_order_date_online", _date, True),
+    ("last_order_date_offline", _date, True),
+    ("order_num_total_ever_online", _lng, False),
+    ("order_num_total_ever_offline", _lng, False),
+    ("customer_value_total_ever_offline", _dbl, False),
+    ("customer_value_total_ever_online", _dbl, False),
+    ("interested_in_categories_12", T.ArrayType(_str), True),
+    ("updated_at", _ts, False),
+)
+
+CUSTOMER_SEGMENTS_SCHEMA = _schema(
+    ("master_id", _str, False),
+    ("segment", _str, False),
+    ("cluster", _int, False),
+    ("model_version", _str, False),
+    ("recency", _int, False),
+    ("tenure", _int, False),
+    ("frequency", _lng, False),
+    ("monetary", _dbl, False),
+    ("r_score", _int, False),
+    ("f_score", _int, False),
+    ("m_score", _int, False),
+    ("rfm_segment", _str, False),
+    ("as_of", _date, False),
+    ("scored_at", _ts, False),
+)
+
+SEGMENT_PROFILES_SCHEMA = _schema(
+    ("model_version", _str, False),
+    ("segment", _str, False),
+    ("cluster", _int, False),
+    ("customers", _lng, False),
+    ("share", _dbl, False),
+    ("recency_mean", _dbl, True),
+    ("recency_median", _dbl, True),
+    ("frequency_mean", _dbl, True),
+    ("frequency_median", _dbl, True),
+    ("monetary_mean", _dbl, True),
+    ("monetary_median", _dbl, True),
+    ("tenure_mean", _dbl, True),
+    ("tenure_median", _dbl, True),
+    ("online_share_mean", _dbl, True),
+    ("avg_order_value_mean", _dbl, True),
+    ("channel_mix", T.MapType(_str, _dbl), True),
+    ("top_categories", T.ArrayType(_str), True),
+    ("rfm_mix", T.MapType(_str, _dbl), True),
+    ("action_channel", _str, False),
+    ("action_offer", _str, False),
+    ("action_timing", _str, False),
+    ("action", _str, False),
+    ("as_of", _date, False),
+    ("profiled_at", _ts, False),
+)
+
+K_SELECTION_TYPE = T.ArrayType(_schema(("k", _int, False), ("silhouette", _dbl, True), ("cost", _dbl, True)))
+
+MODELS_SCHEMA = _schema(
+    ("model_version", _str, False),
+    ("artifact_path", _str, False),
+    ("algorithm", _str, False),
+    ("k", _int, False),
+    ("silhouette", _dbl, True),
+    ("k_selection", K_SELECTION_TYPE, True),
+    ("features", T.ArrayType(_str), False),
+    ("caps", T.MapType(_str, _dbl), False),
+    ("r_edges", T.ArrayType(_dbl), False),
+    ("f_edges", T.ArrayType(_dbl), False),
+    ("m_edges", T.ArrayType(_dbl), False),
+    ("segment_names", T.MapType(_int, _str), False),
+    ("training_rows", _lng, False),
+    ("seed", _lng, False),
+    ("as_of", _date, False),
+    ("trained_at", _ts, False),
+    ("is_current", _bool, False),
+)
+
+QUARANTINE_SCHEMA = _schema(
+    ("source", _str, False),
+    ("raw_record", _str, True),
+    ("reason", _str, False),
+    ("detail", _str, True),
+    ("kafka_topic", _str, True),
+    ("kafka_partition", _int, True),
+    ("kafka_offset", _lng, True),
+    ("detected_at", _ts, False),
+)
+
+CAMPAIGN_TARGETS_SCHEMA = _schema(
+    ("campaign", _str, False),
+    ("master_id", _str, False),
+    ("rfm_segment", _str, False),
+    ("segment", _str, False),
+    ("interested_in_categories_12", T.ArrayType(_str), True),
+    ("model_version", _str, False),
+    ("as_of", _date, False),
+)
+
+SEGMENT_CHANGES_SCHEMA = _schema(
+    ("change_id", _str, False),
+    ("master_id", _str, False),
+    ("previous_segment", _str, True),
+    ("segment", _str, False),
+    ("model_version", _str, False),
+    ("as_of", _date, False),
+    ("changed_at", _ts, False),
+    ("batch_id", _lng, False),
+)
+
+TABLE_SCHEMAS: dict[str, T.StructType] = {
+    CUSTOMER_STATE: CUSTOMER_STATE_SCHEMA,
+    CUSTOMER_SEGMENTS: CUSTOMER_SEGMENTS_SCHEMA,
+    SEGMENT_PROFILES: SEGMENT_PROFILES_SCHEMA,
+    MODELS: MODELS_SCHEMA,
+    QUARANTINE: QUARANTINE_SCHEMA,
+    CAMPAIGN_TARGETS: CAMPAIGN_TARGETS_SCHEMA,
+    SEGMENT_CHANGES: SEGMENT_CHANGES_SCHEMA,
+}
+
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """Select a table's columns in contract order with contract types; missing columns are an error."""
+    missing = [f.name for f in schema.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"DataFrame lacks contract columns {missing}")
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])

@@ -1,0 +1,34 @@
+"""Shared fixtures: one local SparkSession for the whole run, the real FLO data where present."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flo_data_20k.csv"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """A small local Delta-enabled session: 2 shuffle partitions, no UI."""
+    from flo_seg.settings import SparkSettings
+    from flo_seg.spark import build_session
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = build_session(
+        SparkSettings(app_name="flo-seg-tests", master="local[2]", shuffle_partitions=2, ui=False),
+        extra_conf={"spark.sql.warehouse.dir": str(warehouse)},
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def real_data_path() -> Path:
+    """The real FLO snapshot; tests that need it skip with the reason where it is absent."""
+    if not REAL_DATA.exists():
+        pytest.skip(f"real FLO data not found at {REAL_DATA} (it lives in the shared folder beside the repo)")
+    return REAL_DATA
