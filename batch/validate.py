@@ -133,12 +133,12 @@ def with_rejection_reason(parsed_df: DataFrame) -> DataFrame:
 
 def with_duplicates_flagged(df: DataFrame) -> DataFrame:
     """Among valid rows, keep the most recent record per master_id (then the earliest in the file)."""
-    order = Window.partitionBy("master_id").orderBy(
+    is_valid = F.col(REASON).isNull()
+    order = Window.partitionBy("master_id", is_valid).orderBy(
         F.col("last_order_date").desc(),
         (F.col("order_num_total_ever_online") + F.col("order_num_total_ever_offline")).desc(),
         F.col(ROW_ORDER).asc(),
     )
-    is_valid = F.col(REASON).isNull()
     rank = F.when(is_valid, F.row_number().over(order))
     return (
         df.withColumn("_dup_rank", rank)

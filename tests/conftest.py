@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,17 @@ def real_data_path() -> Path:
     if not REAL_DATA.exists():
         pytest.skip(f"real FLO data not found at {REAL_DATA} (it lives in the shared folder beside the repo)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The broker that `make stack-up` starts; under `make test` (FLO_REQUIRE_KAFKA=1) it must answer."""
+    from flo_seg.stack import broker_answers
+
+    address = os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    if not broker_answers(address, timeout_s=3.0):
+        message = f"Kafka broker not reachable at {address}; run `make stack-up` (make test starts it itself)"
+        if os.environ.get("FLO_REQUIRE_KAFKA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return address

@@ -1,0 +1,98 @@
+# FLO real-time customer segmentation. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+JARS        := .jars
+MVN         := mvn -B -q -s jvm/settings.xml
+SPARK_JARS  := delta-spark_2.13,delta-storage,spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
+
+export FLO_LAKE       ?= $(CURDIR)/lake
+export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
+export FLO_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
+
+DEMO_CUSTOMERS ?= 50000
+DEMO_DATA      ?= data/history.csv
+
+.PHONY: help
+help: ## List every target
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- set-up
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(JARS)/spark/.resolved: jvm/spark/pom.xml jvm/settings.xml
+	@echo "resolving Spark runtime jars (Delta, Kafka connector) into $(JARS)/spark"
+	rm -rf $(JARS)/spark && mkdir -p $(JARS)/spark
+	$(MVN) -f jvm/spark/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/spark \
+	  -DincludeArtifactIds=$(SPARK_JARS)
+	touch $@
+
+$(JARS)/kafka/.resolved: jvm/kafka/pom.xml jvm/settings.xml
+	@echo "resolving the Apache Kafka broker into $(JARS)/kafka"
+	rm -rf $(JARS)/kafka && mkdir -p $(JARS)/kafka
+	$(MVN) -f jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/kafka \
+	  -DincludeScope=runtime
+	touch $@
+
+.PHONY: setup
+setup: $(VENV)/.installed $(JARS)/spark/.resolved $(JARS)/kafka/.resolved ## Create .venv, install the project and resolve the JVM jars (idempotent)
+
+# ---------------------------------------------------------------- quality
+.PHONY: lint
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: fmt
+fmt: setup ## Format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: test
+test: setup ## Run the whole test suite; starts the Kafka broker for the tests that need it and stops it after
+	@started=0; \
+	if ! $(BIN)/python -m flo_seg.stack status >/dev/null 2>&1; then \
+	  $(BIN)/python -m flo_seg.stack up || exit 1; started=1; \
+	fi; \
+	FLO_REQUIRE_KAFKA=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then $(BIN)/python -m flo_seg.stack down; fi; \
+	exit $$rc
+
+# ---------------------------------------------------------------- product
+$(DEMO_DATA): | $(VENV)/.installed
+	$(BIN)/flo-seg generate --customers $(DEMO_CUSTOMERS) --seed 42 --out $@
+
+.PHONY: demo
+demo: setup $(DEMO_DATA) ## Generate the built-in data, train, segment and write the report
+	$(BIN)/flo-seg train --history $(DEMO_DATA)
+	$(BIN)/flo-seg report
+	$(BIN)/flo-seg query "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY customers DESC"
+
+.PHONY: clean
+clean: ## Remove the lake, checkpoints, generated data and reports (keeps .venv and jars)
+	rm -rf lake checkpoints data reports spark-warehouse
+
+# ---------------------------------------------------------------- local Kafka stack
+# One KRaft broker+controller as a plain Java process (no Docker); config, data, log and pid live in
+# .stack/kafka (FLO_STACK_DIR), the port is FLO_KAFKA_PORT (default 9092). See flo_seg/stack.py.
+# stack-down and stack-status need only the venv: re-resolving .jars/kafka (which first deletes it)
+# under a running broker must not be the first step of stopping it.
+.PHONY: stack-up
+stack-up: $(VENV)/.installed $(JARS)/kafka/.resolved ## Start the local Kafka broker and create its topics (idempotent)
+	$(BIN)/python -m flo_seg.stack up
+
+.PHONY: stack-down
+stack-down: $(VENV)/.installed ## Stop the local Kafka broker (idempotent)
+	$(BIN)/python -m flo_seg.stack down
+
+.PHONY: stack-status
+stack-status: $(VENV)/.installed ## Show whether the local Kafka broker runs, its topics and log (exit 3 if not)
+	$(BIN)/python -m flo_seg.stack status

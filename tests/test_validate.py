@@ -1,0 +1,121 @@
+"""History validation: each bad-input kind gets its reason, good rows pass untouched."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from batch.load import HistoryFileError, read_history
+from batch.validate import REASON, parse_categories, validate_history
+from schemas.history import HISTORY_COLUMN_NAMES
+
+HEADER = ",".join(HISTORY_COLUMN_NAMES)
+GOOD = "{id},Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,{cats}"
+
+
+def write_csv(tmp_path: Path, lines: list[str], header: str = HEADER) -> str:
+    path = tmp_path / "history.csv"
+    path.write_text(header + "\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def reasons(spark: SparkSession, path: str) -> dict[str | None, str | None]:
+    rows = validate_history(read_history(spark, path)).select("raw_master_id", REASON).collect()
+    return {r["raw_master_id"]: r[REASON] for r in rows}
+
+
+def test_each_bad_input_kind_gets_its_reason(spark: SparkSession, tmp_path: Path) -> None:
+    lines = [
+        GOOD.format(id="ok1", cats="[KADIN]"),
+        GOOD.format(id="ok2", cats="[]"),
+        GOOD.format(id="ok3", cats='"[ERKEK, COCUK, AKTIFSPOR]"'),
+        GOOD.format(id="", cats="[KADIN]"),
+        "bad_date,Android App,Offline,2020-13-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        "no_date,Android App,Offline,,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        "text_count,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,four,1.0,139.99,799.38,[KADIN]",
+        "neg_count,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,-4.0,1.0,139.99,799.38,[KADIN]",
+        "frac_count,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,1.5,1.0,139.99,799.38,[KADIN]",
+        "neg_value,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,-1,799.38,[KADIN]",
+        "zero,Android App,Offline,2020-10-30,2021-02-26,,,0.0,0.0,0,0,[KADIN]",
+        "backwards,Android App,Offline,2021-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        "pigeon,Carrier Pigeon,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        GOOD.format(id="no_brackets", cats='"KADIN, ERKEK"'),
+        GOOD.format(id="unknown_cat", cats='"[KADIN, SHOES]"'),
+        "short,Android App,Offline,2020-10-30",
+    ]
+    got = reasons(spark, write_csv(tmp_path, lines))
+    assert got == {
+        "ok1": None,
+        "ok2": None,
+        "ok3": None,
+        None: "missing_master_id",
+        "bad_date": "bad_date",
+        "no_date": "bad_date",
+        "text_count": "bad_number",
+        "neg_count": "bad_number",
+        "frac_count": "bad_number",
+        "neg_value": "bad_number",
+        "zero": "no_orders",
+        "backwards": "last_before_first",
+        "pigeon": "unknown_channel",
+        "no_brackets": "malformed_categories",
+        "unknown_cat": "malformed_categories",
+        "short": "malformed_row",
+    }
+
+
+def test_channel_date_may_be_empty_only_without_orders_on_that_channel(spark: SparkSession, tmp_path: Path) -> None:
+    lines = [
+        "store_only,Offline,Offline,2020-10-30,2021-02-26,,2021-02-26,0.0,3.0,139.99,0,[KADIN]",
+        "missing_online,Android App,Offline,2020-10-30,2021-02-26,,2021-02-26,2.0,3.0,139.99,80,[KADIN]",
+    ]
+    assert reasons(spark, write_csv(tmp_path, lines)) == {"store_only": None, "missing_online": "bad_date"}
+
+
+def test_duplicates_keep_the_most_recent_record(spark: SparkSession, tmp_path: Path) -> None:
+    lines = [
+        "dup,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        "dup,Android App,Offline,2020-10-30,2021-03-26,2021-02-21,2021-03-26,4.0,1.0,139.99,799.38,[KADIN]",
+        "dup,Android App,Offline,2020-10-30,2021-03-26,2021-02-21,2021-03-26,4.0,1.0,139.99,799.38,[ERKEK]",
+        "dup,Pigeon,Offline,2020-10-30,2021-05-26,2021-02-21,2021-05-26,4.0,1.0,139.99,799.38,[KADIN]",
+    ]
+    rows = (
+        validate_history(read_history(spark, write_csv(tmp_path, lines)))
+        .orderBy("row_order")
+        .select("last_order_date", "interested_in_categories_12", REASON)
+        .collect()
+    )
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (dt.date(2021, 2, 26), ["KADIN"], "duplicate_master_id"),
+        (dt.date(2021, 3, 26), ["KADIN"], None),  # latest date, first in the file among equals
+        (dt.date(2021, 3, 26), ["ERKEK"], "duplicate_master_id"),
+        (dt.date(2021, 5, 26), ["KADIN"], "unknown_channel"),  # invalid rows never win a duplicate
+    ]
+
+
+def test_parse_categories_normalises_and_rejects(spark: SparkSession) -> None:
+    df = spark.createDataFrame(
+        [("[KADIN]",), ("[ kadin ,ERKEK ]",), ("[]",), ("KADIN",), (None,), ("[KADIN,,ERKEK]",)], "raw string"
+    )
+    got = [r[0] for r in df.select(parse_categories(F.col("raw"))).collect()]
+    assert got == [["KADIN"], ["KADIN", "ERKEK"], [], None, None, None]
+
+
+def test_header_without_required_columns_is_refused(spark: SparkSession, tmp_path: Path) -> None:
+    header = HEADER.replace("last_order_channel,", "").replace(",interested_in_categories_12", "")
+    path = write_csv(tmp_path, ["x"], header=header)
+    with pytest.raises(HistoryFileError, match="last_order_channel, interested_in_categories_12"):
+        read_history(spark, path)
+
+
+def test_columns_are_matched_by_name_not_position(spark: SparkSession, tmp_path: Path) -> None:
+    names = list(reversed(HISTORY_COLUMN_NAMES))
+    values = dict(zip(HISTORY_COLUMN_NAMES, GOOD.format(id="rev", cats="[KADIN]").split(","), strict=True))
+    path = write_csv(tmp_path, [",".join(values[n] for n in names)], header=",".join(names))
+    row = validate_history(read_history(spark, path)).first()
+    assert row is not None
+    assert (row["master_id"], row[REASON], row["order_num_total_ever_online"]) == ("rev", None, 4.0)
