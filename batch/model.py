@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
@@ -49,17 +49,32 @@ def capped_log_sql(caps: dict[str, float]) -> str:
 
 def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | BisectingKMeans | GaussianMixture:
     """The Spark ML estimator behind `--algorithm`."""
-    common = {"featuresCol": SCALED, "predictionCol": PREDICTION, "k": k, "seed": seed, "maxIter": max_iter}
     if algorithm == "kmeans":
-        return KMeans(initMode="k-means||", initSteps=2, tol=1e-4, **common)
+        return KMeans(
+            featuresCol=SCALED,
+            predictionCol=PREDICTION,
+            k=k,
+            seed=seed,
+            maxIter=max_iter,
+            initSteps=2,
+            tol=1e-4,
+        )
     if algorithm == "bisecting":
-        return BisectingKMeans(**common)
+        return BisectingKMeans(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter)
     if algorithm == "gmm":
-        return GaussianMixture(probabilityCol="cluster_probability", tol=0.01, **common)
+        return GaussianMixture(
+            featuresCol=SCALED,
+            predictionCol=PREDICTION,
+            k=k,
+            seed=seed,
+            maxIter=max_iter,
+            probabilityCol="cluster_probability",
+            tol=0.01,
+        )
     raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
-def preprocessing_stages(caps: dict[str, float]) -> list:  # type: ignore[type-arg]
+def preprocessing_stages(caps: dict[str, float]) -> list[Transformer | Estimator]:
     """Cap + log, assemble and scale: shared by k selection and the final pipeline."""
     return [
         SQLTransformer(statement=capped_log_sql(caps)),
@@ -112,10 +127,10 @@ def select_k(
             started = time.monotonic()
             model = clusterer(algorithm, k, seed, max_iter).fit(prepared)
             silhouette = float(evaluator.evaluate(model.transform(prepared)))
-            table.append(KCandidate(k=k, silhouette=silhouette, cost=_cost(model)))
-            progress(
-                f"k={k:>2}  silhouette={silhouette:.4f}  cost={_cost(model)}  ({time.monotonic() - started:.1f}s)"
-            )
+            candidate = KCandidate(k=k, silhouette=silhouette, cost=_cost(model))
+            table.append(candidate)
+            took = time.monotonic() - started
+            progress(f"k={k:>2}  silhouette={silhouette:.4f}  cost={candidate.cost}  ({took:.1f}s)")
     finally:
         prepared.unpersist()
     return table
@@ -126,11 +141,41 @@ def best_k(table: list[KCandidate]) -> int:
     return max(table, key=lambda c: (round(c.silhouette, 6), -c.k)).k
 
 
+def restart_seeds(seed: int, restarts: int) -> list[int]:
+    """Seeds of the restarts: derived from the user's seed, so a run is reproducible."""
+    return [seed + i * 7919 for i in range(restarts)]
+
+
 def fit_pipeline(
-    train_df: DataFrame, caps: dict[str, float], *, algorithm: str, k: int, seed: int, max_iter: int
+    train_df: DataFrame,
+    caps: dict[str, float],
+    *,
+    algorithm: str,
+    k: int,
+    seed: int,
+    max_iter: int,
+    restarts: int = 1,
 ) -> PipelineModel:
-    """Fit the final pipeline on all training customers."""
-    return clustering_pipeline(caps, algorithm, k, seed, max_iter).fit(train_df)
+    """Fit the final pipeline on all training customers, keeping the lowest-cost of `restarts` fits.
+
+    Clustering from one random start often stops in a local optimum, and a different seed then gives
+    different segments; the best of a few starts lands in the same optimum far more often.
+    """
+    prep = Pipeline(stages=preprocessing_stages(caps)).fit(train_df)
+    prepared = prep.transform(train_df).select(SCALED).cache()
+    try:
+        best, best_cost = None, float("inf")
+        for s in restart_seeds(seed, restarts):
+            model = clusterer(algorithm, k, s, max_iter).fit(prepared)
+            cost = _cost(model)
+            log.info("fit k=%d seed=%d cost=%s", k, s, cost)
+            if best is None or (cost is not None and cost < best_cost):
+                best, best_cost = model, cost if cost is not None else best_cost
+    finally:
+        prepared.unpersist()
+    if best is None:
+        raise ValueError("no clustering fit succeeded")
+    return PipelineModel(stages=[*prep.stages, best])
 
 
 def score_clusters(model: PipelineModel, features_df: DataFrame) -> DataFrame:

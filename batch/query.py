@@ -26,8 +26,9 @@ def register_tables(spark: SparkSession, lake: LakeSettings) -> list[str]:
     return names
 
 
-def write_result(df: DataFrame, fmt: str, limit: int, out: TextIO = sys.stdout) -> int:
+def write_result(df: DataFrame, fmt: str, limit: int, out: TextIO | None = None) -> int:
     """Print up to `limit` rows as an aligned table, CSV or JSON lines; returns the rows printed."""
+    out = out or sys.stdout
     rows = df.limit(limit).collect()
     columns = df.columns
     if fmt == "json":

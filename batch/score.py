@@ -58,4 +58,5 @@ def resolve_as_of(state_df: DataFrame, as_of: dt.date | None) -> dt.date:
     row = state_df.agg(default_as_of(F.max("last_order_date")).alias("as_of")).first()
     if row is None or row["as_of"] is None:
         raise ValueError("no customers to score: customer_state is empty")
-    return row["as_of"]  # type: ignore[no-any-return]
+    resolved: dt.date = row["as_of"]
+    return resolved

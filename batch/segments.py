@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pyspark.ml.functions import vector_to_array
@@ -165,7 +166,7 @@ class Action:
         return f"{self.offer} via {self.channel}, {self.timing}."
 
 
-def recommend_action(profile: dict, pop: Population) -> Action:  # type: ignore[type-arg]
+def recommend_action(profile: dict[str, Any], pop: Population) -> Action:
     """The action for one segment profile, from its value, recency, newness and channel habits."""
     mix: dict[str, float] = profile.get("channel_mix") or {}
     groups: dict[str, float] = {}
@@ -182,7 +183,7 @@ def recommend_action(profile: dict, pop: Population) -> Action:  # type: ignore[
     top = (profile.get("top_categories") or ["their favourite category"])[0]
     recency, monetary = profile["recency_median"], profile["monetary_median"]
     frequency, tenure = profile["frequency_median"], profile["tenure_median"]
-    interval = max(int(round(tenure / max(frequency, 1.0))), 7)
+    interval = max(round(tenure / max(frequency, 1.0)), 7)
     is_recent, is_lapsing = recency <= pop.recency_p40, recency >= pop.recency_p60
     is_high_value = monetary >= pop.monetary_p60
     is_new = tenure <= pop.tenure_p25

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from batch.features import CLUSTER_FEATURES, with_customer_features
 from batch.lake import append_table, overwrite_table, read_table
@@ -145,7 +146,13 @@ def run_train(
             k = best_k(table)
     with step(f"fitting {settings.algorithm} with k={k} on {rows} customers"):
         pipeline = fit_pipeline(
-            features, caps, algorithm=settings.algorithm, k=k, seed=settings.seed, max_iter=settings.max_iter
+            features,
+            caps,
+            algorithm=settings.algorithm,
+            k=k,
+            seed=settings.seed,
+            max_iter=settings.max_iter,
+            restarts=settings.restarts,
         )
         clustered = score_clusters(pipeline, features).cache()
         names = name_segments(cluster_profiles_z(clustered))
@@ -194,27 +201,17 @@ def write_profiles(spark: SparkSession, lake: LakeSettings, scored: DataFrame, v
     """Profiles with their marketing action, replacing this version's rows only."""
     profiles = segment_profiles(scored).withColumn("model_version", F.lit(version))
     pop = population(scored)
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for p in profiles.collect():
         action = recommend_action(p.asDict(), pop)
-        rows.append(
-            {
-                **p.asDict(),
-                "action_channel": action.channel,
-                "action_offer": action.offer,
-                "action_timing": action.timing,
-                "action": action.text,
-            }
-        )
-    frame = spark.createDataFrame(rows, samplingRatio=None, schema=_profile_schema(profiles)).withColumn(
+        rows.append((*p, action.channel, action.offer, action.timing, action.text))
+    frame = spark.createDataFrame(rows, schema=_profile_schema(profiles)).withColumn(
         "profiled_at", F.current_timestamp()
     )
     overwrite_table(frame, lake, SEGMENT_PROFILES, replace_where=f"model_version = '{version}'")
 
 
-def _profile_schema(profiles: DataFrame):  # type: ignore[no-untyped-def]
-    from pyspark.sql import types as T
-
+def _profile_schema(profiles: DataFrame) -> T.StructType:
     extra = [
         T.StructField(n, T.StringType())
         for n in ("action_channel", "action_offer", "action_timing", "action")

@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="customers sampled to choose k (default 20000)",
     )
     train.add_argument(
-        "--max-iter", type=_positive_int, default=30, help="clustering iterations (default 30)"
+        "--max-iter", type=_positive_int, default=100, help="clustering iterations at most (default 100)"
+    )
+    train.add_argument(
+        "--restarts",
+        type=_positive_int,
+        default=3,
+        help="final fits from different starts, lowest cost kept (default 3)",
     )
 
     rescore = sub.add_parser("rescore", help="apply the current model to every customer (recency ages)")
@@ -108,6 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, publish and segment; print the run summary."""
+    from batch.segments import ARCHETYPES
     from batch.train import run_train
     from flo_seg.spark import build_session
 
@@ -119,9 +126,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         selection_sample=args.selection_sample,
         max_iter=args.max_iter,
+        restarts=args.restarts,
     )
-    if settings.k is not None and not 2 <= settings.k <= 12:
-        raise SystemExit("flo-seg train: --k must be between 2 and 12")
+    if settings.k is not None and not 2 <= settings.k <= len(ARCHETYPES):
+        raise SystemExit(f"flo-seg train: --k must be between 2 and {len(ARCHETYPES)}")
     spark = build_session(default_spark_settings("flo-seg-train"))
     lake = _lake(args)
     summary = run_train(spark, lake, settings, history_path=args.history, as_of=args.as_of)
@@ -156,7 +164,6 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report files and print their paths."""
     from batch.report import run_report
-
     from flo_seg.spark import build_session
 
     spark = build_session(default_spark_settings("flo-seg-report"))

@@ -81,6 +81,7 @@ class TrainSettings:
     k_max: int = 10
     seed: int = 42
     selection_sample: int = 20_000
-    max_iter: int = 30
+    max_iter: int = 100
+    restarts: int = 3
     cap_quantile: float = 0.99
     extra_columns: tuple[str, ...] = field(default_factory=tuple)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,14 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flo_data_
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """A small local Delta-enabled session: 2 shuffle partitions, no UI."""
-    from flo_seg.settings import SparkSettings
+    from flo_seg.settings import default_spark_settings
     from flo_seg.spark import build_session
 
     warehouse = tmp_path_factory.mktemp("warehouse")
-    session = build_session(
-        SparkSettings(app_name="flo-seg-tests", master="local[2]", shuffle_partitions=2, ui=False),
-        extra_conf={"spark.sql.warehouse.dir": str(warehouse)},
+    settings = replace(
+        default_spark_settings("flo-seg-tests"), master="local[2]", shuffle_partitions=2, ui=False
     )
+    session = build_session(settings, extra_conf={"spark.sql.warehouse.dir": str(warehouse)})
     yield session
     session.stop()
 

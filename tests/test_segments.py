@@ -1,0 +1,142 @@
+"""Segment naming, actions and campaign lists; naming stability across seeds on the real data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from batch.features import with_customer_features
+from batch.load import read_history
+from batch.model import PREDICTION, feature_caps, fit_pipeline, score_clusters
+from batch.segments import (
+    ARCHETYPES,
+    Population,
+    campaign_targets,
+    cluster_profiles_z,
+    name_segments,
+    recommend_action,
+    segment_name,
+)
+from batch.train import state_from_history
+from batch.validate import validate_history
+
+
+def test_names_follow_profiles_not_cluster_numbers() -> None:
+    profiles = {
+        0: (1.0, -0.8, -0.8, 0.3, 0.0),  # old, rare, cheap
+        1: (-0.9, 1.2, 1.2, 0.5, 0.0),  # recent, frequent, valuable
+        2: (-0.6, -0.9, -0.8, -1.6, 0.0),  # new
+    }
+    names = name_segments(profiles)
+    assert names == {0: "hibernating_low_value", 1: "high_value_recent", 2: "one_time_newcomers"}
+    permuted = {2: profiles[0], 0: profiles[1], 1: profiles[2]}
+    assert name_segments(permuted) == {
+        2: "hibernating_low_value",
+        0: "high_value_recent",
+        1: "one_time_newcomers",
+    }
+
+
+def test_names_are_unique_even_for_identical_profiles() -> None:
+    names = name_segments({i: (0.0, 0.0, 0.0, 0.0, 0.0) for i in range(5)})
+    assert len(set(names.values())) == 5
+    assert names == name_segments({i: (0.0, 0.0, 0.0, 0.0, 0.0) for i in range(5)})
+
+
+def test_too_many_clusters_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="archetypes"):
+        name_segments({i: (0.0,) * 5 for i in range(len(ARCHETYPES) + 1)})
+
+
+def test_segment_name_column(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(0,), (1,), (7,)], "cluster int")
+    got = [r[0] for r in df.select(segment_name({0: "a", 1: "b"}, F.col("cluster"))).collect()]
+    assert got == ["a", "b", None]
+
+
+POP = Population(
+    recency_p40=60, recency_p60=150, monetary_p40=300, monetary_p60=500, frequency_p60=5, tenure_p25=200
+)
+
+
+def profile(**kw: object) -> dict:  # type: ignore[type-arg]
+    base = {
+        "recency_median": 100.0,
+        "monetary_median": 400.0,
+        "frequency_median": 4.0,
+        "tenure_median": 700.0,
+        "channel_mix": {"Android App": 0.6, "Offline": 0.4},
+        "top_categories": ["KADIN"],
+    }
+    return {**base, **kw}
+
+
+def test_actions_follow_the_profile() -> None:
+    assert "early access" in recommend_action(profile(recency_median=20.0, monetary_median=900.0), POP).offer
+    lapsing = recommend_action(profile(recency_median=300.0, monetary_median=900.0), POP)
+    assert "win-back" in lapsing.offer and "300 days" in lapsing.timing
+    assert "40% off" in recommend_action(profile(recency_median=300.0, monetary_median=100.0), POP).offer
+    newcomer = recommend_action(profile(tenure_median=30.0), POP)
+    assert "second-purchase" in newcomer.offer and "KADIN" in newcomer.offer
+    store = recommend_action(profile(channel_mix={"Offline": 0.7, "Mobile": 0.3}), POP)
+    assert store.channel.startswith("SMS voucher")
+    assert recommend_action(profile(), POP).channel.startswith("app push")
+
+
+def test_campaign_targets(spark: SparkSession) -> None:
+    segments = spark.createDataFrame(
+        [
+            ("a", "champions"),
+            ("b", "loyal_customers"),
+            ("c", "at_risk"),
+            ("d", "new_customers"),
+            ("e", "hibernating"),
+            ("f", "champions"),
+        ],
+        "master_id string, rfm_segment string",
+    )
+    categories = spark.createDataFrame(
+        [
+            ("a", ["KADIN"]),
+            ("b", ["ERKEK"]),
+            ("c", ["COCUK", "KADIN"]),
+            ("d", None),
+            ("e", ["ERKEK"]),
+            ("f", ["AKTIFSPOR", "KADIN"]),
+        ],
+        "master_id string, interested_in_categories_12 array<string>",
+    )
+    got = {(r["campaign"], r["master_id"]) for r in campaign_targets(segments, categories).collect()}
+    assert got == {
+        ("new_womens_shoe_brand", "a"),
+        ("new_womens_shoe_brand", "f"),
+        ("men_children_40pct_off", "c"),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [4, 6])
+def test_names_are_stable_across_seeds_on_the_real_data(
+    spark: SparkSession, real_data_path: Path, k: int
+) -> None:
+    state = validate_history(read_history(spark, str(real_data_path))).transform(state_from_history)
+    features = with_customer_features(state, F.lit(dt.date(2021, 6, 1))).cache()
+    caps = feature_caps(features, 0.99)
+    named = []
+    for seed in (1, 2024):
+        model = fit_pipeline(features, caps, algorithm="kmeans", k=k, seed=seed, max_iter=100, restarts=3)
+        clustered = score_clusters(model, features)
+        names = name_segments(cluster_profiles_z(clustered))
+        rows = clustered.select(
+            "master_id", segment_name(names, F.col(PREDICTION)).alias("segment")
+        ).collect()
+        named.append({r["master_id"]: r["segment"] for r in rows})
+    assert len(named[0]) == len(named[1]) == 19_945
+    same = sum(named[0][m] == named[1][m] for m in named[0])
+    assert same / len(named[0]) >= 0.95, (
+        f"only {same / len(named[0]):.1%} of customers kept their segment name"
+    )

@@ -1,0 +1,184 @@
+"""End to end on generated data: train → tables → rescore → retrain from the lake → query, via the CLI too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from batch.generate import write_history_csv
+from batch.lake import read_table
+from batch.query import run_query
+from batch.rescore import run_rescore
+from batch.train import run_train
+from flo_seg import cli
+from flo_seg.settings import LakeSettings, TrainSettings
+from schemas.history import HISTORY_COLUMN_NAMES
+
+CUSTOMERS = 1500
+BAD_ROWS = [
+    ",Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+    "bad-1,Android App,Offline,2020-10-30,yesterday,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+    "bad-2,Fax,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+    "bad-3,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,-5,799.38,[KADIN]",
+]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("history") / "history.csv"
+    write_history_csv(path, customers=CUSTOMERS, seed=3)
+    lines = path.read_text().splitlines()
+    duplicate = lines[1]  # the first customer again, with an older last order: quarantined as duplicate
+    fields = duplicate.split(",")
+    fields[4] = "2013-01-15"
+    fields[3] = "2013-01-14"
+    with path.open("a") as out:
+        out.write("\n".join([*BAD_ROWS, ",".join(fields)]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lake(spark: SparkSession, history: Path, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
+    lake = LakeSettings(root=str(tmp_path_factory.mktemp("lake")))
+    summary = run_train(
+        spark, lake, TrainSettings(k_min=2, k_max=4, seed=7, selection_sample=5000), history_path=str(history)
+    )
+    assert (summary.rows_read, summary.rows_kept) == (CUSTOMERS + 5, CUSTOMERS)
+    assert summary.quarantined == {
+        "bad_date": 1,
+        "bad_number": 1,
+        "duplicate_master_id": 1,
+        "missing_master_id": 1,
+        "unknown_channel": 1,
+    }
+    return lake
+
+
+def test_state_and_quarantine(spark: SparkSession, lake: LakeSettings, history: Path) -> None:
+    state = read_table(spark, lake, "customer_state")
+    assert state.count() == CUSTOMERS
+    assert state.select("master_id").distinct().count() == CUSTOMERS
+    assert state.where(F.col("first_order_date") == dt.date(2013, 1, 14)).count() == 0  # the duplicate lost
+    quarantine = read_table(spark, lake, "quarantine").collect()
+    assert sorted(r["reason"] for r in quarantine) == [
+        "bad_date",
+        "bad_number",
+        "duplicate_master_id",
+        "missing_master_id",
+        "unknown_channel",
+    ]
+    bad2 = next(r for r in quarantine if r["reason"] == "unknown_channel")
+    assert json.loads(bad2["raw_record"])["order_channel"] == "Fax"
+    assert bad2["source"] == f"history:{history}"
+
+
+def test_segments_models_profiles_and_campaigns(spark: SparkSession, lake: LakeSettings) -> None:
+    models = read_table(spark, lake, "models").collect()
+    assert len(models) == 1 and models[0]["is_current"]
+    model = models[0]
+    assert [c["k"] for c in model["k_selection"]] == [2, 3, 4]
+    assert model["k"] == max(model["k_selection"], key=lambda c: c["silhouette"])["k"]
+    assert len(model["r_edges"]) == len(model["f_edges"]) == len(model["m_edges"]) == 4
+    assert model["as_of"] == read_table(spark, lake, "customer_state").agg(F.max("last_order_date")).first()[
+        0
+    ] + dt.timedelta(days=2)  # type: ignore[index]
+    assert PipelineModel.load(model["artifact_path"]) is not None
+
+    segments = read_table(spark, lake, "customer_segments")
+    assert segments.count() == CUSTOMERS
+    assert {r[0] for r in segments.select("segment").distinct().collect()} == set(
+        model["segment_names"].values()
+    )
+    bounds = segments.agg(
+        *[F.min(c) for c in ("r_score", "f_score", "m_score")],
+        *[F.max(c) for c in ("r_score", "f_score", "m_score")],
+    ).first()
+    assert tuple(bounds) == (1, 1, 1, 5, 5, 5)  # type: ignore[arg-type]
+    assert segments.where(F.col("model_version") != model["model_version"]).count() == 0
+
+    profiles = read_table(spark, lake, "segment_profiles").collect()
+    assert sum(p["customers"] for p in profiles) == CUSTOMERS
+    assert sum(p["share"] for p in profiles) == pytest.approx(1.0)
+    for p in profiles:
+        assert sum(p["channel_mix"].values()) == pytest.approx(1.0)
+        assert sum(p["rfm_mix"].values()) == pytest.approx(1.0)
+        assert p["action"].startswith(p["action_offer"]) and p["action_channel"] in p["action"]
+
+    targets = read_table(spark, lake, "campaign_targets")
+    women = targets.where(F.col("campaign") == "new_womens_shoe_brand")
+    assert women.count() > 0
+    assert women.where(~F.array_contains("interested_in_categories_12", "KADIN")).count() == 0
+    assert women.where(~F.col("rfm_segment").isin("loyal_customers", "champions")).count() == 0
+    expected_women = segments.where(F.col("rfm_segment").isin("loyal_customers", "champions")).join(
+        read_table(spark, lake, "customer_state").where(
+            F.array_contains("interested_in_categories_12", "KADIN")
+        ),
+        "master_id",
+    )
+    assert women.count() == expected_women.count()
+    exported = spark.read.option("header", True).csv(lake.exports_dir)
+    assert exported.count() == targets.count()
+
+
+def test_rescore_ages_recency(spark: SparkSession, lake: LakeSettings) -> None:
+    before = {r["master_id"]: r for r in read_table(spark, lake, "customer_segments").collect()}
+    as_of = next(iter(before.values()))["as_of"] + dt.timedelta(days=30)
+    run_rescore(spark, lake, as_of=as_of)
+    after = {r["master_id"]: r for r in read_table(spark, lake, "customer_segments").collect()}
+    assert after.keys() == before.keys()
+    assert all(after[m]["recency"] == before[m]["recency"] + 30 for m in before)
+    assert all(after[m]["tenure"] == before[m]["tenure"] + 30 for m in before)
+    assert {r["as_of"] for r in after.values()} == {as_of}
+    # Older orders can only push R scores down with the edges fixed at training time.
+    assert all(after[m]["r_score"] <= before[m]["r_score"] for m in before)
+
+
+def test_retrain_from_lake_keeps_old_versions_loadable(spark: SparkSession, lake: LakeSettings) -> None:
+    first = read_table(spark, lake, "models").collect()[0]
+    summary = run_train(spark, lake, TrainSettings(k=3, seed=11), history_path=None)
+    models = {r["model_version"]: r for r in read_table(spark, lake, "models").collect()}
+    assert set(models) == {first["model_version"], summary.model_version}
+    assert models[summary.model_version]["is_current"] and not models[first["model_version"]]["is_current"]
+    assert models[summary.model_version]["k"] == 3 and models[summary.model_version]["k_selection"] == []
+    assert PipelineModel.load(first["artifact_path"]) is not None
+    segments = read_table(spark, lake, "customer_segments")
+    assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
+    versions = {
+        r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()
+    }
+    assert versions == {first["model_version"], summary.model_version}
+
+
+def test_query_formats(spark: SparkSession, lake: LakeSettings, capsys: pytest.CaptureFixture[str]) -> None:
+    n = run_query(spark, lake, "SELECT count(*) AS n FROM customer_state", fmt="json", limit=10)
+    assert n == 1
+    assert json.loads(capsys.readouterr().out) == {"n": CUSTOMERS}
+    run_query(spark, lake, "SELECT reason FROM quarantine ORDER BY reason", fmt="csv", limit=2)
+    assert capsys.readouterr().out.splitlines() == ["reason", "bad_date", "bad_number"]
+
+
+def test_cli_refuses_a_file_without_required_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(HISTORY_COLUMN_NAMES[:-2]) + "\nx\n")
+    lake = tmp_path / "lake"
+    code = cli.main(["--lake", str(lake), "train", "--history", str(bad)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "lacks required column(s) customer_value_total_ever_online, interested_in_categories_12" in err
+    assert not lake.exists()
+
+
+def test_cli_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: flo-seg {command}" in capsys.readouterr().out
