@@ -68,7 +68,10 @@ class TrainSummary:
 def state_from_history(validated_df: DataFrame) -> DataFrame:
     """Customer-state rows from validated history rows (integers for counts, stamped now)."""
     kept = validated_df.where(F.col(REASON).isNull())
-    return kept.withColumn("updated_at", F.current_timestamp()).select(
+    stamped = kept.withColumn("updated_at", F.current_timestamp()).withColumn(
+        "last_order_ts", F.lit(None).cast("timestamp")
+    )
+    return stamped.select(
         *[F.col(f.name).cast(f.dataType) for f in CUSTOMER_STATE_SCHEMA.fields], ROW_ORDER
     )
 

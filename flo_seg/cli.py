@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +89,96 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)"
     )
+    stream = sub.add_parser("stream", help="consume order events from Kafka and keep segments current")
+    stream.add_argument(
+        "--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)"
+    )
+    stream.add_argument("--topic", default="flo.orders", help="order events topic (default flo.orders)")
+    stream.add_argument(
+        "--changes-topic",
+        default="flo.segment-changes",
+        help="segment changes topic (default flo.segment-changes; '' to not publish)",
+    )
+    stream.add_argument(
+        "--checkpoint", default=None, help="checkpoint location (default ./checkpoints beside the lake)"
+    )
+    stream.add_argument("--query-name", default="flo-seg-stream", help="streaming query name")
+    stream.add_argument(
+        "--trigger-seconds", type=float, default=2.0, help="micro-batch interval (default 2 s)"
+    )
+    stream.add_argument(
+        "--available-now", action="store_true", help="process what the topic holds, then stop"
+    )
+    stream.add_argument(
+        "--max-offsets-per-trigger",
+        type=_positive_int,
+        default=200_000,
+        help="events per micro-batch at most (default 200000)",
+    )
+    stream.add_argument(
+        "--starting-offsets", default="earliest", help="earliest | latest | JSON, first start only"
+    )
+    stream.add_argument(
+        "--aging-days",
+        type=_positive_int,
+        default=7,
+        help="re-score customers whose segment is older than this in event time (default 7)",
+    )
+    stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _kafka_option_flags(stream)
+
+    produce = sub.add_parser("produce", help="send order events for the lake's customers to Kafka")
+    produce.add_argument(
+        "--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)"
+    )
+    produce.add_argument("--topic", default="flo.orders", help="topic (default flo.orders)")
+    produce.add_argument("--events", type=_positive_int, default=None, help="stop after this many events")
+    produce.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    produce.add_argument(
+        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
+    )
+    produce.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    produce.add_argument(
+        "--new-customer-share", type=float, default=0.05, help="share of brand-new customers"
+    )
+    produce.add_argument(
+        "--duplicate-share", type=float, default=0.0, help="share re-sent with the same event_id"
+    )
+    produce.add_argument("--malformed-share", type=float, default=0.0, help="share of invalid events")
+    produce.add_argument("--late-share", type=float, default=0.0, help="share of late, out-of-order events")
+    produce.add_argument(
+        "--event-seconds",
+        type=float,
+        default=60.0,
+        help="mean event-time gap between orders, in simulated seconds (default 60)",
+    )
+    produce.add_argument(
+        "--customers-sample",
+        type=_positive_int,
+        default=None,
+        help="draw from a sample of this many customers (default all)",
+    )
+    _kafka_option_flags(produce)
     return parser
+
+
+def _kafka_option_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kafka-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Kafka client setting, e.g. security.protocol=SASL_SSL (repeatable)",
+    )
+    parser.add_argument(
+        "--kafka-options-file",
+        default=None,
+        help="properties file of Kafka client settings (keeps secrets out of the command line)",
+    )
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return args.bootstrap_servers or os.environ.get("FLO_KAFKA_BOOTSTRAP") or "127.0.0.1:9092"
 
 
 def _lake(args: argparse.Namespace) -> LakeSettings:
@@ -182,12 +272,71 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Run the streaming job."""
+    from flo_seg.spark import build_session
+    from streaming.job import StreamSettings
+    from streaming.run import default_checkpoint, read_kafka_options, run_stream
+
+    lake = _lake(args)
+    settings = StreamSettings(
+        bootstrap_servers=_bootstrap(args),
+        checkpoint=args.checkpoint or default_checkpoint(lake, args.query_name),
+        topic=args.topic,
+        changes_topic=args.changes_topic or None,
+        query_name=args.query_name,
+        trigger_seconds=args.trigger_seconds,
+        available_now=args.available_now,
+        max_offsets_per_trigger=args.max_offsets_per_trigger,
+        starting_offsets=args.starting_offsets,
+        aging_days=args.aging_days,
+        kafka_options=read_kafka_options(args.kafka_option, args.kafka_options_file),
+    )
+    spark = build_session(default_spark_settings("flo-seg-stream"))
+    return run_stream(spark, lake, settings, duration_s=args.duration)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Send order events and print what was sent."""
+    from flo_seg.spark import build_session
+    from streaming.produce import ProduceSettings, load_profiles, run_produce
+    from streaming.run import read_kafka_options
+
+    options = read_kafka_options(args.kafka_option, args.kafka_options_file)
+    settings = ProduceSettings(
+        bootstrap_servers=_bootstrap(args),
+        topic=args.topic,
+        events=args.events,
+        duration_s=args.duration,
+        rate=args.rate,
+        seed=args.seed,
+        new_customer_share=args.new_customer_share,
+        duplicate_share=args.duplicate_share,
+        malformed_share=args.malformed_share,
+        late_share=args.late_share,
+        event_seconds=args.event_seconds,
+        kafka_options={k.removeprefix("kafka."): v for k, v in options.items()},
+    )
+    spark = build_session(default_spark_settings("flo-seg-produce"))
+    profiles = load_profiles(spark, _lake(args), sample=args.customers_sample)
+    spark.stop()
+
+    def progress(p: object) -> None:
+        log.info("%s", p)
+
+    summary = run_produce(settings, profiles, progress=progress)
+    print(summary)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "train": cmd_train,
     "rescore": cmd_rescore,
     "report": cmd_report,
     "query": cmd_query,
+    "stream": cmd_stream,
+    "produce": cmd_produce,
 }
 
 

@@ -13,6 +13,7 @@ MODELS = "models"
 QUARANTINE = "quarantine"
 CAMPAIGN_TARGETS = "campaign_targets"
 SEGMENT_CHANGES = "segment_changes"
+STREAM_CLOCK = "stream_clock"
 
 _str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
 _date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
@@ -35,6 +36,8 @@ CUSTOMER_STATE_SCHEMA = _schema(
     ("customer_value_total_ever_offline", _dbl, False),
     ("customer_value_total_ever_online", _dbl, False),
     ("interested_in_categories_12", T.ArrayType(_str), True),
+    # Time of the latest order seen by the stream (history only has dates, so it starts empty).
+    ("last_order_ts", _ts, True),
     ("updated_at", _ts, False),
 )
 
@@ -136,6 +139,15 @@ SEGMENT_CHANGES_SCHEMA = _schema(
     ("batch_id", _lng, False),
 )
 
+# The stream's event-time clock: one row, never moving backwards.
+STREAM_CLOCK_SCHEMA = _schema(
+    ("clock_ts", _ts, False),
+    ("last_sweep_date", _date, True),
+    ("model_version", _str, True),
+    ("batch_id", _lng, False),
+    ("updated_at", _ts, False),
+)
+
 TABLE_SCHEMAS: dict[str, T.StructType] = {
     CUSTOMER_STATE: CUSTOMER_STATE_SCHEMA,
     CUSTOMER_SEGMENTS: CUSTOMER_SEGMENTS_SCHEMA,
@@ -144,6 +156,7 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     QUARANTINE: QUARANTINE_SCHEMA,
     CAMPAIGN_TARGETS: CAMPAIGN_TARGETS_SCHEMA,
     SEGMENT_CHANGES: SEGMENT_CHANGES_SCHEMA,
+    STREAM_CLOCK: STREAM_CLOCK_SCHEMA,
 }
 
 

@@ -1,0 +1,70 @@
+"""The `flo-seg stream` edge: start the query, log, stop cleanly on Ctrl-C / SIGTERM or after a duration."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+from pyspark.sql import SparkSession
+
+from flo_seg.settings import LakeSettings
+from streaming.job import BatchLogger, StreamSettings, start_stream
+
+log = logging.getLogger(__name__)
+
+
+def default_checkpoint(lake: LakeSettings, query_name: str) -> str:
+    """`checkpoints/<query>` beside the lake folder (or under the lake URI's parent)."""
+    root = lake.root.rstrip("/")
+    if "://" in root:
+        return f"{root.rsplit('/', 1)[0]}/checkpoints/{query_name}"
+    return str(Path(root).resolve().parent / "checkpoints" / query_name)
+
+
+def read_kafka_options(pairs: list[str], options_file: str | None) -> dict[str, str]:
+    """Extra Kafka client settings (TLS/SASL...) from KEY=VALUE flags and a properties file, never from code."""
+    options: dict[str, str] = {}
+    lines = Path(options_file).read_text().splitlines() if options_file else []
+    for raw in [*lines, *pairs]:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValueError(f"Kafka option {line!r} is not KEY=VALUE")
+        key, value = (part.strip() for part in line.split("=", 1))
+        options[key if key.startswith("kafka.") else f"kafka.{key}"] = value
+    return options
+
+
+def run_stream(
+    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, *, duration_s: float | None = None
+) -> int:
+    """Run until stopped (signal), finished (available-now) or `duration_s` elapsed; returns an exit code."""
+    query = start_stream(spark, lake, settings, BatchLogger())
+    stopping = {"signal": False}
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping the stream after the current micro-batch", signum)
+        stopping["signal"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while query.isActive and not stopping["signal"]:
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("duration reached: stopping the stream")
+                break
+            query.awaitTermination(timeout=1)
+    finally:
+        if query.isActive:
+            query.stop()
+    error = query.exception()
+    if error is not None:
+        log.error("stream failed: %s", error)
+        return 1
+    log.info("stream stopped")
+    return 0

@@ -1,0 +1,188 @@
+"""The streaming job against the real local broker: state, segments, quarantine, dedupe, crash safety."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from batch.generate import write_history_csv
+from batch.lake import read_table
+from batch.score import load_current_model, score_customers
+from batch.train import run_train
+from flo_seg.settings import LakeSettings, TrainSettings
+from flo_seg.stack import TopicSpec, ensure_topics
+from streaming.job import StreamSettings, start_stream
+from streaming_support import expected_state, make_events, send
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+STATE_KEYS = [
+    "order_num_total_ever_online", "order_num_total_ever_offline", "first_order_date", "last_order_date",
+    "last_order_date_online", "last_order_date_offline", "last_order_channel",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake trained on 600 generated customers (k fixed to keep it quick)."""
+    root = tmp_path_factory.mktemp("trained")
+    history = root / "history.csv"
+    write_history_csv(history, customers=600, seed=5)
+    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
+    return root / "lake"
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap: str) -> tuple[str, str]:
+    """Fresh order and change topics for this module."""
+    suffix = uuid.uuid4().hex[:8]
+    orders, changes = f"test.orders.{suffix}", f"test.changes.{suffix}"
+    ensure_topics(kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)])
+    return orders, changes
+
+
+@pytest.fixture(scope="module")
+def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+    """400 orders (with re-sends, late orders and every malformed kind) produced before any stream starts."""
+    state = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state")
+    ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
+    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc)  # type: ignore[index]
+    events = make_events(ids, start, 400, seed=9)
+    send(kafka_bootstrap, topics[0], events.messages)
+    return events
+
+
+def copy_lake(trained_lake: Path, dest: Path) -> LakeSettings:
+    shutil.copytree(trained_lake, dest)
+    return LakeSettings(root=str(dest))
+
+
+def settings_for(kafka_bootstrap: str, topics: tuple[str, str], checkpoint: Path) -> StreamSettings:
+    return StreamSettings(
+        bootstrap_servers=kafka_bootstrap, checkpoint=str(checkpoint), topic=topics[0], changes_topic=topics[1],
+        available_now=True, max_offsets_per_trigger=120, aging_days=7,
+    )
+
+
+def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple]:  # type: ignore[type-arg]
+    df = read_table(spark, lake, name).drop(*drop)
+    return sorted(tuple(r) for r in df.collect())
+
+
+@pytest.fixture(scope="module")
+def clean_run(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka_bootstrap: str, sent, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:  # type: ignore[no-untyped-def]
+    """One uninterrupted in-process run over everything sent."""
+    root = tmp_path_factory.mktemp("clean")
+    lake = copy_lake(trained_lake, root / "lake")
+    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, root / "checkpoint"))
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+    return lake
+
+
+def test_state_equals_an_independent_recomputation(spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+    initial = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state").toPandas()
+    want = expected_state(initial, sent.valid).set_index("master_id").sort_index()
+    got = read_table(spark, clean_run, "customer_state").toPandas().set_index("master_id").sort_index()
+    assert list(got.index) == list(want.index)  # new customers inserted, nobody lost
+    for col in STATE_KEYS:
+        assert (got[col].astype(str) == want[col].astype(str)).all(), col
+    for col in ("customer_value_total_ever_online", "customer_value_total_ever_offline"):
+        assert got[col].to_numpy() == pytest.approx(want[col].to_numpy())
+
+
+def test_segments_are_the_current_model_applied_to_the_state(spark: SparkSession, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+    segments = read_table(spark, clean_run, "customer_segments").toPandas()
+    state = read_table(spark, clean_run, "customer_state")
+    assert len(segments) == state.count()
+    model = load_current_model(spark, clean_run)
+    assert set(segments["model_version"]) == {model.record.version}
+    for as_of, rows in segments.groupby("as_of"):
+        ids = spark.createDataFrame([(m,) for m in rows["master_id"]], "master_id string")
+        want = score_customers(state.join(ids, "master_id", "left_semi"), model, F.lit(as_of)).toPandas()
+        merged = rows.merge(want, on="master_id", suffixes=("", "_want"))
+        assert len(merged) == len(rows)
+        for col in ("segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"):
+            assert (merged[col] == merged[f"{col}_want"]).all(), col
+    clock = read_table(spark, clean_run, "stream_clock").first()
+    latest = max(pd.Timestamp(e["order_ts"]).tz_convert("UTC") for e in sent.valid)
+    assert pd.Timestamp(clock["clock_ts"]).tz_localize("UTC") == latest
+    touched = {e["master_id"] for e in sent.valid}
+    assert set(segments.loc[segments["as_of"] == latest.date(), "master_id"]) >= {
+        m for m in touched if max(pd.Timestamp(e["order_ts"]) for e in sent.valid if e["master_id"] == m).tz_convert("UTC").date() == latest.date()
+    }
+
+
+def test_every_malformed_kind_is_quarantined_with_its_coordinates(spark: SparkSession, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+    rows = read_table(spark, clean_run, "quarantine").where(F.col("source") == "kafka").collect()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+        assert r["kafka_topic"].startswith("test.orders.") and r["kafka_offset"] is not None
+        assert r["raw_record"]
+    assert counts == sent.malformed
+
+
+def test_segment_changes_are_recorded_and_published(spark: SparkSession, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str) -> None:
+    changes = read_table(spark, clean_run, "segment_changes").toPandas()
+    segments = read_table(spark, clean_run, "customer_segments").toPandas().set_index("master_id")
+    assert len(changes) > 0
+    last = changes.sort_values(["batch_id"]).groupby("master_id").last()
+    assert (last["segment"] == segments.loc[last.index, "segment"]).all()
+    assert (changes["previous_segment"] != changes["segment"]).all()
+    consumer = KafkaConsumer(topics[1], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, group_id=None)
+    published = {json.loads(m.value)["change_id"] for m in consumer}
+    consumer.close()
+    assert published >= set(changes["change_id"])
+
+
+def run_stream_process(lake: LakeSettings, checkpoint: Path, topics: tuple[str, str], bootstrap: str,
+                       env: dict[str, str] | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+    cmd = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "stream", "--available-now",
+           "--bootstrap-servers", bootstrap, "--topic", topics[0], "--changes-topic", topics[1],
+           "--checkpoint", str(checkpoint), "--max-offsets-per-trigger", "120"]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
+    spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    checkpoint = tmp_path / "checkpoint"
+    # First a crash exactly between the state MERGE and the segment write of batch 1, then kill -9 at
+    # several moments, then a run to completion.
+    proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"})
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
+    for delay in (14.0, 19.0, 25.0):
+        proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    ignore = {"customer_state": ["updated_at"], "customer_segments": ["scored_at"],
+              "segment_changes": ["changed_at"], "quarantine": ["detected_at"]}
+    for name, drop in ignore.items():
+        assert table_rows(spark, lake, name, drop) == table_rows(spark, clean_run, name, drop), name
