@@ -13,8 +13,6 @@ export FLO_LAKE       ?= $(CURDIR)/lake
 export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
 export FLO_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
 
-DEMO_CUSTOMERS ?= 50000
-DEMO_DATA      ?= data/history.csv
 
 .PHONY: help
 help: ## List every target
@@ -67,18 +65,15 @@ test: setup ## Run the whole test suite; starts the Kafka broker for the tests t
 	exit $$rc
 
 # ---------------------------------------------------------------- product
-$(DEMO_DATA): | $(VENV)/.installed
-	$(BIN)/flo-seg generate --customers $(DEMO_CUSTOMERS) --seed 42 --out $@
+DEMO_ARGS ?=
 
 .PHONY: demo
-demo: setup $(DEMO_DATA) ## Generate the built-in data, train, segment and write the report
-	$(BIN)/flo-seg train --history $(DEMO_DATA)
-	$(BIN)/flo-seg report
-	$(BIN)/flo-seg query "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY customers DESC"
+demo: setup stack-up ## The whole product on built-in data: generate, train, stream + produce for a minute, report
+	$(BIN)/python -m flo_seg.demo $(DEMO_ARGS)
 
 .PHONY: clean
 clean: ## Remove the lake, checkpoints, generated data and reports (keeps .venv and jars)
-	rm -rf lake checkpoints data reports spark-warehouse
+	rm -rf lake checkpoints data reports demo spark-warehouse
 
 # ---------------------------------------------------------------- local Kafka stack
 # One KRaft broker+controller as a plain Java process (no Docker); config, data, log and pid live in

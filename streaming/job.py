@@ -323,16 +323,16 @@ class BatchLogger(StreamingQueryListener):
         with self.lock:
             self.pending[metrics.batch_id] = metrics
 
-    def onQueryStarted(self, event: Any) -> None:  # noqa: N802 (Spark's listener API)
+    def onQueryStarted(self, event: Any) -> None:
         """Nothing to log until a batch ends."""
 
-    def onQueryIdle(self, event: Any) -> None:  # noqa: N802
+    def onQueryIdle(self, event: Any) -> None:
         """Idle triggers have no batch to report."""
 
-    def onQueryTerminated(self, event: Any) -> None:  # noqa: N802
+    def onQueryTerminated(self, event: Any) -> None:
         """Termination is logged by run_stream."""
 
-    def onQueryProgress(self, event: Any) -> None:  # noqa: N802
+    def onQueryProgress(self, event: Any) -> None:
         """Log `batch … events … valid … quarantined … duplicates …` for the batch that just ended."""
         progress = event.progress
         with self.lock:

@@ -206,7 +206,7 @@ class ProduceSummary:
     counts: dict[str, int]  # events by kind, as handed to the producer
     sent: int
     failed: int  # records the broker never acknowledged
-    elapsed_s: float  # first send to the end of the final flush
+    elapsed_s: float  # start of sending to the end of the final flush
     rate: float  # sent / elapsed_s
     first_event_ts: datetime | None  # simulated time of the first and last event sent
     last_event_ts: datetime | None
@@ -388,16 +388,15 @@ def generate_events(
     is_malformed = u[0] < settings.malformed_share
     is_duplicate = ~is_malformed & (u[0] < settings.malformed_share + settings.duplicate_share)
     # A duplicate needs an earlier valid event of this batch; those before the first one are valid instead.
-    first_valid = (
-        int(np.argmax(~is_malformed & ~is_duplicate)) if (~is_malformed & ~is_duplicate).any() else n
-    )
-    is_duplicate &= np.arange(n) > first_valid
+    candidates = np.flatnonzero(~is_malformed & ~is_duplicate)
+    is_duplicate &= np.arange(n) > (candidates[0] if candidates.size else n)
     is_valid = ~is_malformed & ~is_duplicate
 
     customers = len(profiles)
     is_new = u[1] < settings.new_customer_share
     existing = np.searchsorted(profiles.cum_orders, u[2] * profiles.cum_orders[-1], side="right")
-    # A new customer behaves like a customer picked at random, without the frequency weighting.
+    # A new customer behaves like a customer picked at random, without the frequency weighting
+    # (u[2] is free to reuse: whether an event is new does not depend on it).
     who = np.minimum(np.where(is_new, (u[2] * customers).astype(np.int64), existing), customers - 1)
 
     is_online = u[3] < profiles.online_share[who]
@@ -597,6 +596,7 @@ def run_produce(
 ) -> ProduceSummary:
     """Send generated events until `events` / `duration_s` / Ctrl-C, paced to `rate`, then flush."""
     producer = KafkaProducer(**producer_configs(settings))
+    close_timeout_s = 10.0
     try:
         try:
             partitions = producer.partitions_for(settings.topic)
@@ -613,8 +613,11 @@ def run_produce(
         )
         with _stop_on_sigint() as stop:
             return _send_loop(producer, settings, profiles, stop, progress)
+    except KeyboardInterrupt:
+        close_timeout_s = 0.0  # a second Ctrl-C: leave now, dropping what is still buffered
+        raise
     finally:
-        producer.close(timeout=10)
+        producer.close(timeout=close_timeout_s)
 
 
 def _send_loop(
@@ -624,6 +627,7 @@ def _send_loop(
     stop: threading.Event,
     progress: Callable[[ProduceProgress], None] | None,
 ) -> ProduceSummary:
+    """Generate a chunk, send it record by record, stop at events / duration / Ctrl-C, then flush."""
     rng = np.random.default_rng(settings.seed)
     clock = settings.start_ts or profiles.default_start_ts
     bucket = _TokenBucket(settings.rate) if settings.rate else None
@@ -644,14 +648,15 @@ def _send_loop(
             now = time.monotonic()
             if bucket is not None:
                 wait = bucket.delay(now)
-                while wait > 0 and not stop.is_set() and now + wait < deadline:
-                    time.sleep(min(wait, PROGRESS_EVERY_S))
+                while wait > 0 and not stop.is_set() and now < deadline:
+                    time.sleep(min(wait, PROGRESS_EVERY_S, deadline - now))
                     now = time.monotonic()
                     wait = bucket.delay(now)
-                bucket.take()
             if stop.is_set() or now >= deadline:
                 is_done = True
                 break
+            if bucket is not None:
+                bucket.take()
             producer.send(settings.topic, key=record.key, value=record.value).add_errback(deliveries.on_error)
             counts[record.kind] += 1
             sent += 1

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
-
 
 CENTS = "decimal(18,2)"
 
@@ -38,7 +37,7 @@ def customer_order_deltas(orders_df: DataFrame) -> DataFrame:
     )
 
 
-def state_merge_updates() -> dict[str, str]:
+def state_merge_updates() -> dict[str, str | Column]:
     """SET clauses for a known customer: counts add up, dates only move outward, a late order never
     moves last_order_date backwards nor takes over last_order_channel."""
     return {
@@ -61,7 +60,7 @@ def state_merge_updates() -> dict[str, str]:
     }
 
 
-def state_merge_inserts() -> dict[str, str]:
+def state_merge_inserts() -> dict[str, str | Column]:
     """VALUES for a customer first seen in the stream: their first order is this batch's first order."""
     return {
         "master_id": "s.master_id",

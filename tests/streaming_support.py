@@ -50,8 +50,14 @@ def make_events(master_ids: list[str], start: dt.datetime, n: int, seed: int) ->
         if rng.random() < 0.08:  # a producer retry: same event, same id
             out.messages.append((customer.encode(), json.dumps(event).encode()))
             out.duplicates += 1
-    base = {"event_id": "bad", "master_id": master_ids[0], "order_ts": start.isoformat(), "channel": "Mobile",
-            "amount": 10.0, "schema_version": 1}
+    base = {
+        "event_id": "bad",
+        "master_id": master_ids[0],
+        "order_ts": start.isoformat(),
+        "channel": "Mobile",
+        "amount": 10.0,
+        "schema_version": 1,
+    }
     malformed: dict[str, Any] = {
         "malformed_json": b"this is not json",
         "missing_or_mistyped_field": [
@@ -69,8 +75,13 @@ def make_events(master_ids: list[str], start: dt.datetime, n: int, seed: int) ->
     for reason, payloads in malformed.items():
         items = payloads if isinstance(payloads, list) else [payloads]
         for j, payload in enumerate(items):
-            value = payload if isinstance(payload, bytes) else json.dumps({**payload, "event_id": f"bad-{reason}-{j}"}
-                                                                          if "event_id" in payload else payload).encode()
+            value = (
+                payload
+                if isinstance(payload, bytes)
+                else json.dumps(
+                    {**payload, "event_id": f"bad-{reason}-{j}"} if "event_id" in payload else payload
+                ).encode()
+            )
             out.messages.insert(rng.randint(0, len(out.messages)), (b"bad", value))
             out.malformed[reason] = out.malformed.get(reason, 0) + 1
     return out
@@ -97,10 +108,17 @@ def expected_state(initial: pd.DataFrame, events: list[dict[str, Any]]) -> pd.Da
         s = state.get(e["master_id"])
         if s is None:
             s = state[e["master_id"]] = {
-                "master_id": e["master_id"], "order_channel": e["channel"], "last_order_channel": e["channel"],
-                "first_order_date": day, "last_order_date": day, "last_order_date_online": None,
-                "last_order_date_offline": None, "order_num_total_ever_online": 0, "order_num_total_ever_offline": 0,
-                "customer_value_total_ever_online": 0.0, "customer_value_total_ever_offline": 0.0,
+                "master_id": e["master_id"],
+                "order_channel": e["channel"],
+                "last_order_channel": e["channel"],
+                "first_order_date": day,
+                "last_order_date": day,
+                "last_order_date_online": None,
+                "last_order_date_offline": None,
+                "order_num_total_ever_online": 0,
+                "order_num_total_ever_offline": 0,
+                "customer_value_total_ever_online": 0.0,
+                "customer_value_total_ever_offline": 0.0,
             }
             last_ts[e["master_id"]] = ts
         elif ts > last_ts[e["master_id"]]:

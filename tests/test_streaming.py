@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from streaming_support import expected_state, make_events, send
 
 from batch.generate import write_history_csv
 from batch.lake import read_table
@@ -26,12 +27,16 @@ from batch.train import run_train
 from flo_seg.settings import LakeSettings, TrainSettings
 from flo_seg.stack import TopicSpec, ensure_topics
 from streaming.job import StreamSettings, start_stream
-from streaming_support import expected_state, make_events, send
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 STATE_KEYS = [
-    "order_num_total_ever_online", "order_num_total_ever_offline", "first_order_date", "last_order_date",
-    "last_order_date_online", "last_order_date_offline", "last_order_channel",
+    "order_num_total_ever_online",
+    "order_num_total_ever_offline",
+    "first_order_date",
+    "last_order_date",
+    "last_order_date_online",
+    "last_order_date_offline",
+    "last_order_channel",
 ]
 
 
@@ -41,7 +46,9 @@ def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("trained")
     history = root / "history.csv"
     write_history_csv(history, customers=600, seed=5)
-    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
+    run_train(
+        spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history)
+    )
     return root / "lake"
 
 
@@ -50,7 +57,9 @@ def topics(kafka_bootstrap: str) -> tuple[str, str]:
     """Fresh order and change topics for this module."""
     suffix = uuid.uuid4().hex[:8]
     orders, changes = f"test.orders.{suffix}", f"test.changes.{suffix}"
-    ensure_topics(kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)])
+    ensure_topics(
+        kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)]
+    )
     return orders, changes
 
 
@@ -59,7 +68,9 @@ def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka
     """400 orders (with re-sends, late orders and every malformed kind) produced before any stream starts."""
     state = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state")
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
-    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc)  # type: ignore[index]
+    start = dt.datetime.combine(
+        state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc
+    )  # type: ignore[index]
     events = make_events(ids, start, 400, seed=9)
     send(kafka_bootstrap, topics[0], events.messages)
     return events
@@ -72,8 +83,13 @@ def copy_lake(trained_lake: Path, dest: Path) -> LakeSettings:
 
 def settings_for(kafka_bootstrap: str, topics: tuple[str, str], checkpoint: Path) -> StreamSettings:
     return StreamSettings(
-        bootstrap_servers=kafka_bootstrap, checkpoint=str(checkpoint), topic=topics[0], changes_topic=topics[1],
-        available_now=True, max_offsets_per_trigger=120, aging_days=7,
+        bootstrap_servers=kafka_bootstrap,
+        checkpoint=str(checkpoint),
+        topic=topics[0],
+        changes_topic=topics[1],
+        available_now=True,
+        max_offsets_per_trigger=120,
+        aging_days=7,
     )
 
 
@@ -83,7 +99,14 @@ def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[st
 
 
 @pytest.fixture(scope="module")
-def clean_run(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka_bootstrap: str, sent, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:  # type: ignore[no-untyped-def]
+def clean_run(
+    spark: SparkSession,
+    trained_lake: Path,
+    topics: tuple[str, str],
+    kafka_bootstrap: str,
+    sent,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> LakeSettings:  # type: ignore[no-untyped-def]
     """One uninterrupted in-process run over everything sent."""
     root = tmp_path_factory.mktemp("clean")
     lake = copy_lake(trained_lake, root / "lake")
@@ -96,7 +119,9 @@ def clean_run(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], 
     return lake
 
 
-def test_state_equals_an_independent_recomputation(spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+def test_state_equals_an_independent_recomputation(
+    spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent
+) -> None:  # type: ignore[no-untyped-def]
     initial = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state").toPandas()
     want = expected_state(initial, sent.valid).set_index("master_id").sort_index()
     got = read_table(spark, clean_run, "customer_state").toPandas().set_index("master_id").sort_index()
@@ -107,7 +132,9 @@ def test_state_equals_an_independent_recomputation(spark: SparkSession, trained_
         assert got[col].to_numpy() == pytest.approx(want[col].to_numpy())
 
 
-def test_segments_are_the_current_model_applied_to_the_state(spark: SparkSession, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+def test_segments_are_the_current_model_applied_to_the_state(
+    spark: SparkSession, clean_run: LakeSettings, sent
+) -> None:  # type: ignore[no-untyped-def]
     segments = read_table(spark, clean_run, "customer_segments").toPandas()
     state = read_table(spark, clean_run, "customer_state")
     assert len(segments) == state.count()
@@ -125,11 +152,18 @@ def test_segments_are_the_current_model_applied_to_the_state(spark: SparkSession
     assert pd.Timestamp(clock["clock_ts"]).tz_localize("UTC") == latest
     touched = {e["master_id"] for e in sent.valid}
     assert set(segments.loc[segments["as_of"] == latest.date(), "master_id"]) >= {
-        m for m in touched if max(pd.Timestamp(e["order_ts"]) for e in sent.valid if e["master_id"] == m).tz_convert("UTC").date() == latest.date()
+        m
+        for m in touched
+        if max(pd.Timestamp(e["order_ts"]) for e in sent.valid if e["master_id"] == m)
+        .tz_convert("UTC")
+        .date()
+        == latest.date()
     }
 
 
-def test_every_malformed_kind_is_quarantined_with_its_coordinates(spark: SparkSession, clean_run: LakeSettings, sent) -> None:  # type: ignore[no-untyped-def]
+def test_every_malformed_kind_is_quarantined_with_its_coordinates(
+    spark: SparkSession, clean_run: LakeSettings, sent
+) -> None:  # type: ignore[no-untyped-def]
     rows = read_table(spark, clean_run, "quarantine").where(F.col("source") == "kafka").collect()
     counts: dict[str, int] = {}
     for r in rows:
@@ -139,38 +173,78 @@ def test_every_malformed_kind_is_quarantined_with_its_coordinates(spark: SparkSe
     assert counts == sent.malformed
 
 
-def test_segment_changes_are_recorded_and_published(spark: SparkSession, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str) -> None:
+def test_segment_changes_are_recorded_and_published(
+    spark: SparkSession, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str
+) -> None:
     changes = read_table(spark, clean_run, "segment_changes").toPandas()
     segments = read_table(spark, clean_run, "customer_segments").toPandas().set_index("master_id")
     assert len(changes) > 0
     last = changes.sort_values(["batch_id"]).groupby("master_id").last()
     assert (last["segment"] == segments.loc[last.index, "segment"]).all()
     assert (changes["previous_segment"] != changes["segment"]).all()
-    consumer = KafkaConsumer(topics[1], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
+    consumer = KafkaConsumer(
+        topics[1],
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
     published = {json.loads(m.value)["change_id"] for m in consumer}
     consumer.close()
     assert published >= set(changes["change_id"])
 
 
-def run_stream_process(lake: LakeSettings, checkpoint: Path, topics: tuple[str, str], bootstrap: str,
-                       env: dict[str, str] | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
-    cmd = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "stream", "--available-now",
-           "--bootstrap-servers", bootstrap, "--topic", topics[0], "--changes-topic", topics[1],
-           "--checkpoint", str(checkpoint), "--max-offsets-per-trigger", "120"]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_stream_process(
+    lake: LakeSettings,
+    checkpoint: Path,
+    topics: tuple[str, str],
+    bootstrap: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:  # type: ignore[type-arg]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flo_seg.cli",
+        "--lake",
+        lake.root,
+        "stream",
+        "--available-now",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic",
+        topics[0],
+        "--changes-topic",
+        topics[1],
+        "--checkpoint",
+        str(checkpoint),
+        "--max-offsets-per-trigger",
+        "120",
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
-    spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str,
+    spark: SparkSession,
+    trained_lake: Path,
+    clean_run: LakeSettings,
+    topics: tuple[str, str],
+    kafka_bootstrap: str,
     tmp_path: Path,
 ) -> None:
     lake = copy_lake(trained_lake, tmp_path / "lake")
     checkpoint = tmp_path / "checkpoint"
     # First a crash exactly between the state MERGE and the segment write of batch 1, then kill -9 at
     # several moments, then a run to completion.
-    proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"})
+    proc = run_stream_process(
+        lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"}
+    )
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
     for delay in (14.0, 19.0, 25.0):
@@ -182,7 +256,110 @@ def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
     proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
-    ignore = {"customer_state": ["updated_at"], "customer_segments": ["scored_at"],
-              "segment_changes": ["changed_at"], "quarantine": ["detected_at"]}
+    ignore = {
+        "customer_state": ["updated_at"],
+        "customer_segments": ["scored_at"],
+        "segment_changes": ["changed_at"],
+        "quarantine": ["detected_at"],
+    }
     for name, drop in ignore.items():
         assert table_rows(spark, lake, name, drop) == table_rows(spark, clean_run, name, drop), name
+
+
+def wait_for(predicate, timeout: float = 180.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def fresh_topics(bootstrap: str) -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = (f"test.orders.{suffix}", f"test.changes.{suffix}")
+    ensure_topics(bootstrap, [TopicSpec(name=t, partitions=2) for t in topics])
+    return topics
+
+
+def test_aging_moves_lapsed_customers_out_of_top_segments(
+    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    before = read_table(spark, lake, "customer_segments").toPandas()
+    champions = set(before.loc[before["rfm_segment"] == "champions", "master_id"])
+    assert champions
+    active = sorted(set(before["master_id"]) - champions)[:3]
+    start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.timezone.utc) + dt.timedelta(
+        days=400
+    )
+    events = make_events(active, start, 20, seed=4)
+    topics = fresh_topics(kafka_bootstrap)
+    send(kafka_bootstrap, topics[0], [m for m in events.messages if m[0] != b"bad"])
+    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+    clock = read_table(spark, lake, "stream_clock").first()["clock_ts"]  # type: ignore[index]
+    after = read_table(spark, lake, "customer_segments").toPandas().set_index("master_id")
+    # Every segment is at most `aging_days` of event time old, so nobody keeps a year-old verdict.
+    assert (after["as_of"] >= clock.date() - dt.timedelta(days=7)).all()
+    lapsed = after.loc[sorted(champions)]
+    assert (lapsed["recency"] >= 400).all()
+    assert (lapsed["r_score"] == 1).all()
+    assert not (lapsed["rfm_segment"].isin(["champions", "loyal_customers", "potential_loyalists"])).any()
+    changes = read_table(spark, lake, "segment_changes").toPandas()
+    assert set(changes["master_id"]) >= set(
+        lapsed.index[lapsed["segment"] != before.set_index("master_id").loc[lapsed.index, "segment"]]
+    )
+
+
+def test_new_model_is_hot_reloaded_while_the_stream_runs(
+    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    first_version = read_table(spark, lake, "models").first()["model_version"]  # type: ignore[index]
+    ids = sorted(
+        r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(40).collect()
+    )
+    start = dt.datetime(2021, 6, 2, tzinfo=dt.timezone.utc)
+    first, second = (
+        make_events(ids, start, 60, seed=1),
+        make_events(ids, start + dt.timedelta(days=5), 60, seed=2),
+    )
+    topics = fresh_topics(kafka_bootstrap)
+    settings = StreamSettings(
+        bootstrap_servers=kafka_bootstrap,
+        checkpoint=str(tmp_path / "checkpoint"),
+        topic=topics[0],
+        changes_topic=topics[1],
+        trigger_seconds=1.0,
+        max_offsets_per_trigger=50,
+    )
+    query = start_stream(spark, lake, settings)
+    try:
+        send(kafka_bootstrap, topics[0], first.messages)
+        wait_for(lambda: read_table(spark, lake, "segment_changes").count() > 0, what="first changes")
+        # Retrain from the lake while the stream keeps writing the same tables.
+        summary = run_train(spark, lake, TrainSettings(k=4, seed=3), history_path=None)
+        assert summary.model_version != first_version
+        send(kafka_bootstrap, topics[0], second.messages)
+        wait_for(
+            lambda: (
+                (read_table(spark, lake, "stream_clock").first() or {"model_version": None})["model_version"]
+                == summary.model_version
+            ),
+            what="a micro-batch with the new model",
+        )
+        query.processAllAvailable()
+        assert query.exception() is None
+    finally:
+        query.stop()
+    segments = read_table(spark, lake, "customer_segments")
+    assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
+    assert segments.count() == read_table(spark, lake, "customer_state").count()
+    changes = read_table(spark, lake, "segment_changes").toPandas()
+    switched = changes.loc[changes["model_version"] == summary.model_version, "batch_id"].min()
+    assert (changes.loc[changes["batch_id"] > switched, "model_version"] == summary.model_version).all()

@@ -1,0 +1,224 @@
+"""`make demo`: the whole product on the built-in data, end to end, on this machine.
+
+generate → train → stream (background) → produce a replay for about a minute while printing live
+segment changes → final segment sizes → report → stop the stream (the broker stays up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+log = logging.getLogger("flo_seg.demo")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSettings:
+    """Sizes and places of the demo run."""
+
+    workdir: Path
+    customers: int
+    produce_seconds: float
+    rate: float
+    bootstrap: str
+    seed: int = 42
+
+    @property
+    def lake(self) -> Path:
+        """The demo's lake (recreated each run)."""
+        return self.workdir / "lake"
+
+    @property
+    def history(self) -> Path:
+        """The generated history CSV (kept between runs)."""
+        return self.workdir / "data" / f"history-{self.customers}-{self.seed}.csv"
+
+
+def flo_seg(settings: DemoSettings, *args: str) -> list[str]:
+    """A flo-seg command line against the demo lake."""
+    return [sys.executable, "-m", "flo_seg.cli", "--lake", str(settings.lake), *args]
+
+
+def run(cmd: list[str]) -> None:
+    """Run a step in the foreground, failing the demo if it fails."""
+    log.info("$ %s", " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd))
+    subprocess.run(cmd, check=True)
+
+
+def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str]) -> None:
+    """Print segment changes as they arrive on flo.segment-changes (from the moment the demo starts)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None)
+    partitions = [
+        TopicPartition("flo.segment-changes", p)
+        for p in consumer.partitions_for_topic("flo.segment-changes") or []
+    ]
+    consumer.assign(partitions)
+    consumer.seek_to_end()
+    printed_at, printed = 0.0, 0
+    while not stop.is_set():
+        for message in consumer:
+            change = json.loads(message.value)
+            seen[change["segment"]] += 1
+            now = time.monotonic()
+            if now - printed_at >= 1.0:
+                printed_at, printed = now, 0
+            if printed < 5:  # at most five lines a second, so the terminal stays readable
+                printed += 1
+                print(
+                    f"  change: {change['master_id'][:8]}…  {change.get('previous_segment') or '(new)'} → "
+                    f"{change['segment']}  (model {change['model_version']}, as of {change['as_of']})",
+                    flush=True,
+                )
+            if stop.is_set():
+                break
+    consumer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; every step prints what it does."""
+    parser = argparse.ArgumentParser(prog="python -m flo_seg.demo", description=__doc__)
+    parser.add_argument("--workdir", default="demo", help="folder for the demo's data, lake and report")
+    parser.add_argument("--customers", type=int, default=50_000, help="generated customers (default 50000)")
+    parser.add_argument(
+        "--produce-seconds", type=float, default=60.0, help="how long to produce (default 60)"
+    )
+    parser.add_argument("--rate", type=float, default=500.0, help="events per second (default 500)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = DemoSettings(
+        workdir=Path(args.workdir).resolve(),
+        customers=args.customers,
+        produce_seconds=args.produce_seconds,
+        rate=args.rate,
+        bootstrap=os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+    )
+    started = time.monotonic()
+    if not settings.history.exists():
+        run(
+            flo_seg(
+                settings,
+                "generate",
+                "--customers",
+                str(settings.customers),
+                "--seed",
+                str(settings.seed),
+                "--out",
+                str(settings.history),
+            )
+        )
+    shutil.rmtree(settings.lake, ignore_errors=True)
+    shutil.rmtree(settings.workdir / "checkpoints", ignore_errors=True)
+    run(flo_seg(settings, "train", "--history", str(settings.history)))
+
+    stream_log = settings.workdir / "stream.log"
+    log.info("starting the stream in the background (log: %s)", stream_log)
+    with stream_log.open("w") as out:
+        stream = subprocess.Popen(
+            flo_seg(
+                settings,
+                "stream",
+                "--starting-offsets",
+                "latest",
+                "--trigger-seconds",
+                "2",
+                "--bootstrap-servers",
+                settings.bootstrap,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_log(stream_log, "stream flo-seg-stream started", stream, timeout=180)
+        seen: Counter[str] = Counter()
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_changes, args=(settings.bootstrap, stop, seen), daemon=True)
+        watcher.start()
+        time.sleep(3)  # the first (empty) trigger pins the 'latest' offsets before anything is produced
+        run(
+            flo_seg(
+                settings,
+                "produce",
+                "--duration",
+                str(settings.produce_seconds),
+                "--rate",
+                str(settings.rate),
+                "--duplicate-share",
+                "0.02",
+                "--malformed-share",
+                "0.01",
+                "--late-share",
+                "0.05",
+                "--event-seconds",
+                "120",
+                "--bootstrap-servers",
+                settings.bootstrap,
+            )
+        )
+        log.info("producer done; letting the stream catch up")
+        time.sleep(15)
+        stop.set()
+        watcher.join(timeout=10)
+        print(
+            f"\nsegment changes seen live: {sum(seen.values())} "
+            + ", ".join(f"{k} {v}" for k, v in seen.most_common())
+        )
+    finally:
+        stream.send_signal(signal.SIGTERM)
+        try:
+            stream.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stream.kill()
+    tail = stream_log.read_text().splitlines()
+    print("\nlast micro-batches:")
+    for line in [x for x in tail if " batch " in x][-3:]:
+        print("  " + line)
+    run(
+        flo_seg(
+            settings,
+            "query",
+            "SELECT segment, count(*) AS customers, round(avg(recency)) AS avg_recency, "
+            "round(avg(monetary)) AS avg_monetary FROM customer_segments GROUP BY segment ORDER BY customers DESC",
+        )
+    )
+    run(
+        flo_seg(
+            settings,
+            "query",
+            "SELECT reason, count(*) AS events FROM quarantine GROUP BY reason ORDER BY 2 DESC",
+        )
+    )
+    run(flo_seg(settings, "report", "--out", str(settings.workdir / "report")))
+    print(
+        f"\ndemo finished in {time.monotonic() - started:.0f}s. Report: {settings.workdir / 'report' / 'report.html'}"
+    )
+    print("The Kafka broker is still running: `make stack-down` stops it.")
+    return 0
+
+
+def wait_for_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until a background process logs `text`; fail with its log when it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"the stream exited early; see {path}:\n{path.read_text()[-3000:]}")
+        time.sleep(1)
+    raise SystemExit(f"the stream did not start within {timeout:.0f}s; see {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
