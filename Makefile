@@ -54,13 +54,20 @@ fmt: setup ## Format the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# docker-compose (Debian's v1 package) validates docker/compose.yaml; no Docker engine is installed or needed.
+.PHONY: docker-tools
+docker-tools:
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose (for the static compose check)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+
 .PHONY: test
-test: setup ## Run the whole test suite; starts the Kafka broker for the tests that need it and stops it after
+test: setup docker-tools ## Run the whole test suite; starts the Kafka broker for the tests that need it and stops it after
 	@started=0; \
 	if ! $(BIN)/python -m flo_seg.stack status >/dev/null 2>&1; then \
 	  $(BIN)/python -m flo_seg.stack up || exit 1; started=1; \
 	fi; \
-	FLO_REQUIRE_KAFKA=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$started = 1 ]; then $(BIN)/python -m flo_seg.stack down; fi; \
 	exit $$rc
 
@@ -91,3 +98,23 @@ stack-down: $(VENV)/.installed ## Stop the local Kafka broker (idempotent)
 .PHONY: stack-status
 stack-status: $(VENV)/.installed ## Show whether the local Kafka broker runs, its topics and log (exit 3 if not)
 	$(BIN)/python -m flo_seg.stack status
+
+# ---------------------------------------------------------------- docker (for users who have Docker)
+# docker/compose.yaml: Kafka (KRaft), a Spark master + worker and the flo-seg jobs; see docker/README.md.
+# `docker compose` (the plugin) when present, else the standalone `docker-compose`. docker-lint is the
+# static check that needs no Docker engine: compose config, hadolint, consistency with this Makefile
+# and the CLI (tests/test_docker_static.py).
+DOCKER_COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+DOCKER_COMPOSE_FILE := docker/compose.yaml
+
+.PHONY: docker-up
+docker-up: ## Build the image and start Kafka, Spark and the flo-seg jobs in Docker (docker/README.md)
+	$(DOCKER_COMPOSE) -f $(DOCKER_COMPOSE_FILE) up -d --build
+
+.PHONY: docker-down
+docker-down: ## Stop and remove the Docker services; keeps the lake and Kafka volumes unless VOLUMES=1
+	$(DOCKER_COMPOSE) -f $(DOCKER_COMPOSE_FILE) down $(if $(filter 1,$(VOLUMES)),--volumes)
+
+.PHONY: docker-lint
+docker-lint: $(VENV)/.installed ## Static checks of docker/ (compose config, hadolint, flags, topics, jars); no engine needed
+	FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest -q tests/test_docker_static.py

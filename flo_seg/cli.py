@@ -35,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flo-seg",
         description="FLO customer segmentation: batch RFM + clustering on Spark, Delta tables under a lake.",
     )
-    parser.add_argument(
-        "--lake", default=None, help="lake root for the Delta tables (env FLO_LAKE, default ./lake)"
-    )
+    parser.add_argument("--lake", default=None, help="lake root for the Delta tables (env FLO_LAKE, default ./lake)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,16 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--customers", type=_positive_int, default=50_000, help="rows to write (default 50000)")
     gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     gen.add_argument("--out", required=True, help="CSV path to write")
-    gen.add_argument(
-        "--chunk-size", type=_positive_int, default=250_000, help="rows per chunk held in memory"
-    )
+    gen.add_argument("--chunk-size", type=_positive_int, default=250_000, help="rows per chunk held in memory")
 
     train = sub.add_parser("train", help="validate history, train a model version, segment every customer")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", help="customer history CSV (the 12 FLO columns)")
-    source.add_argument(
-        "--from-lake", action="store_true", help="retrain on the lake's current customer_state"
-    )
+    source.add_argument("--from-lake", action="store_true", help="retrain on the lake's current customer_state")
     train.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
     train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default="kmeans")
     train.add_argument("--k", type=int, help="force the number of segments instead of choosing by silhouette")
@@ -86,13 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run Spark SQL over the lake's tables (registered by name)")
     query.add_argument("sql", help='e.g. "SELECT segment, count(*) FROM customer_segments GROUP BY segment"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    query.add_argument(
-        "--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)"
-    )
+    query.add_argument("--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)")
     stream = sub.add_parser("stream", help="consume order events from Kafka and keep segments current")
-    stream.add_argument(
-        "--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)"
-    )
+    stream.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
     stream.add_argument("--topic", default="flo.orders", help="order events topic (default flo.orders)")
     stream.add_argument(
         "--changes-topic",
@@ -103,21 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="checkpoint location (default ./checkpoints beside the lake)"
     )
     stream.add_argument("--query-name", default="flo-seg-stream", help="streaming query name")
-    stream.add_argument(
-        "--trigger-seconds", type=float, default=2.0, help="micro-batch interval (default 2 s)"
-    )
-    stream.add_argument(
-        "--available-now", action="store_true", help="process what the topic holds, then stop"
-    )
+    stream.add_argument("--trigger-seconds", type=float, default=2.0, help="micro-batch interval (default 2 s)")
+    stream.add_argument("--available-now", action="store_true", help="process what the topic holds, then stop")
     stream.add_argument(
         "--max-offsets-per-trigger",
         type=_positive_int,
         default=200_000,
         help="events per micro-batch at most (default 200000)",
     )
-    stream.add_argument(
-        "--starting-offsets", default="earliest", help="earliest | latest | JSON, first start only"
-    )
+    stream.add_argument("--starting-offsets", default="earliest", help="earliest | latest | JSON, first start only")
     stream.add_argument(
         "--aging-days",
         type=_positive_int,
@@ -128,22 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_option_flags(stream)
 
     produce = sub.add_parser("produce", help="send order events for the lake's customers to Kafka")
-    produce.add_argument(
-        "--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)"
-    )
+    produce.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
     produce.add_argument("--topic", default="flo.orders", help="topic (default flo.orders)")
     produce.add_argument("--events", type=_positive_int, default=None, help="stop after this many events")
     produce.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    produce.add_argument(
-        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
-    )
+    produce.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     produce.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    produce.add_argument(
-        "--new-customer-share", type=float, default=0.05, help="share of brand-new customers"
-    )
-    produce.add_argument(
-        "--duplicate-share", type=float, default=0.0, help="share re-sent with the same event_id"
-    )
+    produce.add_argument("--new-customer-share", type=float, default=0.05, help="share of brand-new customers")
+    produce.add_argument("--duplicate-share", type=float, default=0.0, help="share re-sent with the same event_id")
     produce.add_argument("--malformed-share", type=float, default=0.0, help="share of invalid events")
     produce.add_argument("--late-share", type=float, default=0.0, help="share of late, out-of-order events")
     produce.add_argument(
@@ -225,8 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = run_train(spark, lake, settings, history_path=args.history, as_of=args.as_of)
     if args.history:
         print(
-            f"rows read {summary.rows_read}, kept {summary.rows_kept}, "
-            f"quarantined {sum(summary.quarantined.values())}"
+            f"rows read {summary.rows_read}, kept {summary.rows_kept}, quarantined {sum(summary.quarantined.values())}"
         )
         for reason, n in summary.quarantined.items():
             print(f"  quarantined {reason}: {n}")
@@ -299,7 +274,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send order events and print what was sent."""
     from flo_seg.spark import build_session
-    from streaming.produce import ProduceSettings, load_profiles, run_produce
+    from streaming.produce import ProduceProgress, ProduceSettings, load_profiles, run_produce
     from streaming.run import read_kafka_options
 
     options = read_kafka_options(args.kafka_option, args.kafka_options_file)
@@ -321,12 +296,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
     profiles = load_profiles(spark, _lake(args), sample=args.customers_sample)
     spark.stop()
 
-    def progress(p: object) -> None:
-        log.info("%s", p)
+    def progress(p: ProduceProgress) -> None:
+        log.info("sent %d events (%.0f/s), event time %s", p.sent, p.rate, p.clock_ts)
 
     summary = run_produce(settings, profiles, progress=progress)
-    print(summary)
-    return 0
+    print(f"sent {summary.sent} events in {summary.elapsed_s:.1f}s ({summary.rate:.0f}/s), {summary.failed} failed")
+    for kind, n in sorted(summary.counts.items()):
+        print(f"  {kind:<36} {n:>9}")
+    print(f"event time {summary.first_event_ts} .. {summary.last_event_ts}")
+    return 0 if summary.failed == 0 else 1
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

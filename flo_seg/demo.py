@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,8 +63,7 @@ def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str]) -> 
     """Print segment changes as they arrive on flo.segment-changes (from the moment the demo starts)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None)
     partitions = [
-        TopicPartition("flo.segment-changes", p)
-        for p in consumer.partitions_for_topic("flo.segment-changes") or []
+        TopicPartition("flo.segment-changes", p) for p in consumer.partitions_for_topic("flo.segment-changes") or []
     ]
     consumer.assign(partitions)
     consumer.seek_to_end()
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flo_seg.demo", description=__doc__)
     parser.add_argument("--workdir", default="demo", help="folder for the demo's data, lake and report")
     parser.add_argument("--customers", type=int, default=50_000, help="generated customers (default 50000)")
-    parser.add_argument(
-        "--produce-seconds", type=float, default=60.0, help="how long to produce (default 60)"
-    )
+    parser.add_argument("--produce-seconds", type=float, default=60.0, help="how long to produce (default 60)")
     parser.add_argument("--rate", type=float, default=500.0, help="events per second (default 500)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher = threading.Thread(target=watch_changes, args=(settings.bootstrap, stop, seen), daemon=True)
         watcher.start()
         time.sleep(3)  # the first (empty) trigger pins the 'latest' offsets before anything is produced
-        run(
+        produced = subprocess.run(
             flo_seg(
                 settings,
                 "produce",
@@ -165,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
                 "120",
                 "--bootstrap-servers",
                 settings.bootstrap,
-            )
-        )
-        log.info("producer done; letting the stream catch up")
-        time.sleep(15)
+            ),
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
+        print(produced, end="")
+        sent = int(re.search(r"sent (\d+) events", produced).group(1))  # type: ignore[union-attr]
+        log.info("producer sent %d events; waiting for the stream to consume them all", sent)
+        wait_until_consumed(stream_log, sent, stream, timeout=600)
         stop.set()
         watcher.join(timeout=10)
         print(
-            f"\nsegment changes seen live: {sum(seen.values())} "
-            + ", ".join(f"{k} {v}" for k, v in seen.most_common())
+            f"\nsegment changes seen live: {sum(seen.values())} " + ", ".join(f"{k} {v}" for k, v in seen.most_common())
         )
     finally:
         stream.send_signal(signal.SIGTERM)
@@ -206,6 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("The Kafka broker is still running: `make stack-down` stops it.")
     return 0
+
+
+def wait_until_consumed(path: Path, sent: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until the stream's batch log lines account for every event sent (duplicates included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        consumed = sum(int(n) for n in re.findall(r"events in (\d+)", path.read_text()))
+        if consumed >= sent:
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"the stream exited early; see {path}")
+        time.sleep(2)
+    log.warning("the stream had not consumed all %d events after %.0fs; stopping it anyway", sent, timeout)
 
 
 def wait_for_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:

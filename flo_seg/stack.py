@@ -280,21 +280,13 @@ def broker_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def topic_partitions(
-    admin: Any, names: Sequence[str] | None = None, *, led_only: bool = False
-) -> dict[str, int]:
+def topic_partitions(admin: Any, names: Sequence[str] | None = None, *, led_only: bool = False) -> dict[str, int]:
     """Partition counts (all non-internal topics by default); led_only: those a producer can use now."""
-    wanted = (
-        sorted(names)
-        if names is not None
-        else sorted(t for t in admin.list_topics() if not t.startswith("__"))
-    )
+    wanted = sorted(names) if names is not None else sorted(t for t in admin.list_topics() if not t.startswith("__"))
     if not wanted:
         return {}
     return {
-        t["topic"]: sum(
-            1 for p in t["partitions"] if not led_only or (p["error_code"] == 0 and p["leader"] >= 0)
-        )
+        t["topic"]: sum(1 for p in t["partitions"] if not led_only or (p["error_code"] == 0 and p["leader"] >= 0))
         for t in admin.describe_topics(wanted)
         if t["error_code"] == 0
     }
@@ -305,9 +297,7 @@ def ensure_topics(bootstrap: str, topics: Sequence[TopicSpec], timeout_s: float 
     with admin_client(bootstrap, timeout_s=10.0) as admin:
         existing = set(admin.list_topics())
         for spec in (t for t in topics if t.name not in existing):
-            new_topic = NewTopic(
-                spec.name, num_partitions=spec.partitions, replication_factor=spec.replication_factor
-            )
+            new_topic = NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=spec.replication_factor)
             try:
                 admin.create_topics([new_topic], timeout_ms=10_000)
                 log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
@@ -521,13 +511,9 @@ def describe(settings: StackSettings, state: StackStatus) -> str:
     if state.is_running:
         lines = [f"Kafka broker: running (pid {state.pid}) on {settings.bootstrap}"]
     elif state.is_process_alive:
-        lines = [
-            f"Kafka broker: process {state.pid} alive but not answering on {settings.bootstrap} (starting?)"
-        ]
+        lines = [f"Kafka broker: process {state.pid} alive but not answering on {settings.bootstrap} (starting?)"]
     elif state.is_port_taken:
-        lines = [
-            f"Kafka broker: not running (port {settings.port} is held by a process this stack did not start)"
-        ]
+        lines = [f"Kafka broker: not running (port {settings.port} is held by a process this stack did not start)"]
     else:
         lines = ["Kafka broker: not running"]
     if state.topics:
@@ -576,14 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="KRaft controller port (env FLO_KAFKA_CONTROLLER_PORT, default port+1)",
     )
-    common.add_argument(
-        "--state-dir", help="config, data, log and pid (env FLO_STACK_DIR, default <repo>/.stack)"
-    )
+    common.add_argument("--state-dir", help="config, data, log and pid (env FLO_STACK_DIR, default <repo>/.stack)")
     common.add_argument("--jars-dir", help="the broker jars (env FLO_KAFKA_JARS, default <repo>/.jars/kafka)")
     common.add_argument("--heap", help="JVM heap, e.g. 512m or 1g (env FLO_KAFKA_HEAP, default 512m)")
-    common.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the broker (default 60)"
-    )
+    common.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker (default 60)")
     common.add_argument("-v", "--verbose", action="store_true", help="also show the Kafka client's own logs")
     parser = argparse.ArgumentParser(
         prog="python -m flo_seg.stack",
@@ -592,9 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", required=True, metavar="{up,down,status}")
     verbs.add_parser("up", parents=[common], help="start the broker (idempotent) and create the topics")
     verbs.add_parser("down", parents=[common], help="stop the broker (idempotent)")
-    verbs.add_parser(
-        "status", parents=[common], help="report the broker and its topics; exit 0 running, 3 not"
-    )
+    verbs.add_parser("status", parents=[common], help="report the broker and its topics; exit 0 running, 3 not")
     return parser
 
 

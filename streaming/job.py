@@ -94,9 +94,7 @@ def idempotent_txn(spark: SparkSession, app_id: str, version: int) -> Iterator[N
         spark.conf.unset(_TXN_VERSION)
 
 
-def merge_state(
-    spark: SparkSession, lake: LakeSettings, deltas: DataFrame, app_id: str, batch_id: int
-) -> None:
+def merge_state(spark: SparkSession, lake: LakeSettings, deltas: DataFrame, app_id: str, batch_id: int) -> None:
     """Add the batch's per-customer aggregates to customer_state (new customers inserted)."""
     target = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE))
 
@@ -113,9 +111,7 @@ def merge_state(
     with_conflict_retry(run, what=f"batch {batch_id}: MERGE customer_state")
 
 
-def merge_segments(
-    spark: SparkSession, lake: LakeSettings, scored: DataFrame, app_id: str, batch_id: int
-) -> None:
+def merge_segments(spark: SparkSession, lake: LakeSettings, scored: DataFrame, app_id: str, batch_id: int) -> None:
     """Upsert re-scored customers; a row scored by a newer model version is never overwritten by an older one."""
     target = DeltaTable.forPath(spark, lake.table(CUSTOMER_SEGMENTS))
     source = conform(scored, CUSTOMER_SEGMENTS_SCHEMA)
@@ -157,8 +153,7 @@ def customers_to_rescore(
 ) -> DataFrame:
     """Changed customers, plus those scored by another model or more than `aging_days` of event time ago."""
     stale = segments.where(
-        (F.col("model_version") != model_version)
-        | (F.col("as_of") <= F.lit(as_of - dt.timedelta(days=aging_days)))
+        (F.col("model_version") != model_version) | (F.col("as_of") <= F.lit(as_of - dt.timedelta(days=aging_days)))
     ).select("master_id")
     return changed_ids.select("master_id").unionByName(stale).distinct()
 
@@ -228,9 +223,7 @@ class ModelCache:
 
     def current(self, spark: SparkSession, lake: LakeSettings) -> ScoringModel:
         """Reload when the registry's current version differs from the cached one."""
-        latest = (
-            read_table(spark, lake, "models").where("is_current").orderBy(F.col("trained_at").desc()).first()
-        )
+        latest = read_table(spark, lake, "models").where("is_current").orderBy(F.col("trained_at").desc()).first()
         if latest is None:
             raise LookupError("no current model; run `flo-seg train` first")
         if self.model is None or self.model.record.version != latest["model_version"]:
@@ -247,6 +240,49 @@ def crash_point(variable: str, batch_id: int) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
+def rescore_and_publish(
+    spark: SparkSession,
+    lake: LakeSettings,
+    settings: StreamSettings,
+    deltas: DataFrame,
+    model: ScoringModel,
+    as_of: dt.date,
+    needs_sweep: bool,
+    may_be_replay: bool,
+    app: str,
+    batch_id: int,
+    metrics: BatchMetrics,
+) -> None:
+    """Score changed (and, on a sweep, stale) customers; append changes, upsert segments, publish."""
+    segments = read_table(spark, lake, CUSTOMER_SEGMENTS)
+    if needs_sweep:
+        ids = customers_to_rescore(segments, deltas, model.record.version, as_of, settings.aging_days)
+    else:
+        ids = deltas.select("master_id")
+    state = read_table(spark, lake, CUSTOMER_STATE).join(ids, "master_id", "left_semi")
+    scored = score_customers(state, model, F.lit(as_of)).persist()
+    try:
+        metrics.rescored = scored.count()
+        if not metrics.rescored:
+            return
+        changes = segment_change_rows(scored, segments.select("master_id", "segment"), batch_id).persist()
+        metrics.changes = changes.count()
+        # Changes are appended before the segments they were computed against are replaced.
+        if metrics.changes:
+            append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id))
+        merge_segments(spark, lake, scored, app, batch_id)
+        if may_be_replay:
+            # A crashed attempt may have committed its changes already: publish what the table holds.
+            published = read_table(spark, lake, SEGMENT_CHANGES).where(F.col("batch_id") == batch_id)
+            if published.limit(1).count():
+                publish_changes(published, settings)
+        elif metrics.changes:
+            publish_changes(changes, settings)
+        changes.unpersist()
+    finally:
+        scored.unpersist()
+
+
 def make_batch_handler(
     lake: LakeSettings,
     settings: StreamSettings,
@@ -255,12 +291,17 @@ def make_batch_handler(
 ) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function: one idempotent state + segments update per micro-batch."""
     models = ModelCache()
+    # What this process already did. Only its first batch can be the replay of a crashed attempt, and
+    # an aging sweep at a given (clock date, model) finds nothing the second time, so both are skipped
+    # when known to be redundant: the tables end up the same, the batch costs less.
+    memo: dict[str, Any] = {"first_batch": True, "clock": None, "swept": None}
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         spark = batch_df.sparkSession
         app = app_id()
         metrics = BatchMetrics(batch_id=batch_id)
+        is_first = memo["first_batch"]
         events = batch_df.persist()
         try:
             counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
@@ -271,37 +312,26 @@ def make_batch_handler(
                 append_table(quarantine_rows(events), lake, QUARANTINE, txn=(f"{app}:quarantine", batch_id))
 
             deltas = customer_order_deltas(valid_orders(events)).persist()
+            batch_max = None
             if metrics.valid:
                 merge_state(spark, lake, deltas, app, batch_id)
                 crash_point("FLO_FAULT_AFTER_STATE_MERGE", batch_id)
-            metrics.customers_updated = deltas.count() if metrics.valid else 0
+                summary = deltas.agg(F.count(F.lit(1)), F.max("max_order_time")).first()
+                metrics.customers_updated, batch_max = summary[0], summary[1]  # type: ignore[index]
 
-            old_clock = read_clock(spark, lake) or initial_clock(spark, lake)
-            batch_max = deltas.agg(F.max("max_order_time")).first()[0] if metrics.valid else None  # type: ignore[index]
+            old_clock = memo["clock"] or read_clock(spark, lake) or initial_clock(spark, lake)
             clock = max(old_clock, batch_max) if batch_max is not None else old_clock
             metrics.clock = clock
-
             model = models.current(spark, lake)
             metrics.model_version = model.record.version
             as_of = clock.date()
-            segments = read_table(spark, lake, CUSTOMER_SEGMENTS)
-            ids = customers_to_rescore(segments, deltas, model.record.version, as_of, settings.aging_days)
-            state = read_table(spark, lake, CUSTOMER_STATE).join(ids, "master_id", "left_semi")
-            scored = score_customers(state, model, F.lit(as_of)).persist()
-            metrics.rescored = scored.count()
-            if metrics.rescored:
-                previous = segments.select("master_id", "segment")
-                changes = segment_change_rows(scored, previous, batch_id).persist()
-                metrics.changes = changes.count()
-                if metrics.changes:
-                    append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id))
-                merge_segments(spark, lake, scored, app, batch_id)
-                published = read_table(spark, lake, SEGMENT_CHANGES).where(F.col("batch_id") == batch_id)
-                if metrics.changes or published.limit(1).count():
-                    publish_changes(published, settings)
-                changes.unpersist()
-            write_clock(spark, lake, clock, model.record.version, app, batch_id)
-            scored.unpersist()
+            needs_sweep = memo["swept"] != (as_of, model.record.version)
+            if metrics.valid or needs_sweep or is_first:
+                rescore_and_publish(
+                    spark, lake, settings, deltas, model, as_of, needs_sweep, is_first, app, batch_id, metrics
+                )
+                write_clock(spark, lake, clock, model.record.version, app, batch_id)
+            memo.update(first_batch=False, clock=clock, swept=(as_of, model.record.version))
             deltas.unpersist()
         finally:
             events.unpersist()

@@ -84,9 +84,7 @@ CATEGORY_BITS: dict[str, int] = {c: 1 << i for i, c in enumerate(CATEGORIES)}
 CATEGORY_SUBSETS: tuple[tuple[str, ...], ...] = tuple(
     tuple(c for c in CATEGORIES if mask & CATEGORY_BITS[c]) for mask in range(1 << len(CATEGORIES))
 )
-CATEGORY_SUBSETS_JSON: tuple[str, ...] = tuple(
-    json.dumps(list(s), separators=(",", ":")) for s in CATEGORY_SUBSETS
-)
+CATEGORY_SUBSETS_JSON: tuple[str, ...] = tuple(json.dumps(list(s), separators=(",", ":")) for s in CATEGORY_SUBSETS)
 
 # Spread of one basket around the customer's average: lognormal, mean-preserving.
 AMOUNT_LOG_SIGMA = 0.35
@@ -429,9 +427,7 @@ def generate_events(
     source = np.full(n, -1, dtype=np.int64)
     source[duplicate_at] = valid_at[valid_before - 1 - back]
 
-    kinds = np.where(
-        is_valid, VALID, np.where(is_duplicate, DUPLICATE, np.asarray(MALFORMED_KINDS)[malformed_pick])
-    )
+    kinds = np.where(is_valid, VALID, np.where(is_duplicate, DUPLICATE, np.asarray(MALFORMED_KINDS)[malformed_pick]))
     clocks = [datetime.fromtimestamp(s, TURKEY) for s in clock_s.tolist()]
     out: list[Produced] = []
     append = out.append
@@ -678,7 +674,5 @@ def _send_loop(
         last_event_ts=clock if sent else None,
         is_interrupted=stop.is_set(),
     )
-    log.info(
-        "sent %d events in %.1f s (%.0f/s), %d not delivered", sent, elapsed, summary.rate, summary.failed
-    )
+    log.info("sent %d events in %.1f s (%.0f/s), %d not delivered", sent, elapsed, summary.rate, summary.failed)
     return summary
