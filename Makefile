@@ -12,6 +12,8 @@ SPARK_JARS  := delta-spark_2.13,delta-storage,spark-sql-kafka-0-10_2.13,spark-to
 export FLO_LAKE       ?= $(CURDIR)/lake
 export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
 export FLO_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
+export FLO_KAFKA_PORT ?= 9092
+export FLO_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(FLO_KAFKA_PORT)
 
 
 .PHONY: help
