@@ -271,13 +271,12 @@ def rescore_and_publish(
         if metrics.changes:
             append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id))
         merge_segments(spark, lake, scored, app, batch_id)
-        if may_be_replay:
-            # A crashed attempt may have committed its changes already: publish what the table holds.
+        # Published from the table, never from `changes`: the segments MERGE invalidates cached plans that
+        # read customer_segments, and a crashed attempt may have committed its changes already.
+        if metrics.changes or may_be_replay:
             published = read_table(spark, lake, SEGMENT_CHANGES).where(F.col("batch_id") == batch_id)
-            if published.limit(1).count():
+            if metrics.changes or published.limit(1).count():
                 publish_changes(published, settings)
-        elif metrics.changes:
-            publish_changes(changes, settings)
         changes.unpersist()
     finally:
         scored.unpersist()
