@@ -64,13 +64,17 @@ docker-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
 
 .PHONY: test
-test: setup docker-tools ## Run the whole test suite; starts the Kafka broker for the tests that need it and stops it after
-	@started=0; \
+test: setup docker-tools ## Run all tests; starts the Kafka broker and the local Spark cluster they need, stops them after
+	@kafka=0; cluster=0; \
 	if ! $(BIN)/python -m flo_seg.stack status >/dev/null 2>&1; then \
-	  $(BIN)/python -m flo_seg.stack up || exit 1; started=1; \
+	  $(BIN)/python -m flo_seg.stack up || exit 1; kafka=1; \
 	fi; \
-	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$started = 1 ]; then $(BIN)/python -m flo_seg.stack down; fi; \
+	if ! $(BIN)/python -m flo_seg.cluster status >/dev/null 2>&1; then \
+	  $(BIN)/python -m flo_seg.cluster up || { [ $$kafka = 1 ] && $(BIN)/python -m flo_seg.stack down; exit 1; }; cluster=1; \
+	fi; \
+	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_CLUSTER=1 FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$cluster = 1 ]; then $(BIN)/python -m flo_seg.cluster down; fi; \
+	if [ $$kafka = 1 ]; then $(BIN)/python -m flo_seg.stack down; fi; \
 	exit $$rc
 
 # ---------------------------------------------------------------- product
@@ -120,3 +124,24 @@ docker-down: ## Stop and remove the Docker services; keeps the lake and Kafka vo
 .PHONY: docker-lint
 docker-lint: $(VENV)/.installed ## Static checks of docker/ (compose config, hadolint, flags, topics, jars); no engine needed
 	FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest -q tests/test_docker_static.py
+
+# ---------------------------------------------------------------- local Spark standalone cluster
+# One master and two one-core workers as separate JVMs from the pyspark installation's spark-class, on
+# 127.0.0.1; pid files, logs and work dirs live in .stack/spark (FLO_STACK_DIR), ports are
+# FLO_SPARK_MASTER_PORT (7077), FLO_SPARK_MASTER_WEBUI_PORT (8080), FLO_SPARK_WORKER_WEBUI_PORT (8081+).
+# cluster-submit ships the project as a zip (--py-files) and .jars/spark (--jars). See flo_seg/cluster.py.
+.PHONY: cluster-up
+cluster-up: $(VENV)/.installed ## Start the local Spark standalone master + 2 workers (idempotent)
+	$(BIN)/python -m flo_seg.cluster up
+
+.PHONY: cluster-down
+cluster-down: $(VENV)/.installed ## Stop the local Spark cluster's workers and master (idempotent)
+	$(BIN)/python -m flo_seg.cluster down
+
+.PHONY: cluster-status
+cluster-status: $(VENV)/.installed ## Show the Spark master URL, workers, apps and logs (exit 3 if not running)
+	$(BIN)/python -m flo_seg.cluster status
+
+.PHONY: cluster-submit
+cluster-submit: $(VENV)/.installed $(JARS)/spark/.resolved ## Run flo-seg on the cluster: make cluster-submit ARGS="train --history data/history.csv"
+	$(BIN)/python -m flo_seg.cluster submit -- $(ARGS)

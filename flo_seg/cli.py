@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
 
@@ -158,6 +159,9 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 
 def _lake(args: argparse.Namespace) -> LakeSettings:
+    if args.lake and "://" not in args.lake:
+        # Executors resolve relative paths against their own working directory: pass absolute ones.
+        return LakeSettings(root=str(Path(args.lake).resolve()))
     return LakeSettings(root=args.lake or default_lake())
 
 
