@@ -1,0 +1,540 @@
+"""`python -m benchmarks.batch`: wall time and peak memory of generate, train and score as customers grow.
+
+For each size the product's own paths run in one SparkSession, each in a fresh lake under `--work`:
+`run_train` with k chosen by silhouette (the default job), `run_train` with a fixed k, and re-scoring
+every customer of `customer_state` with the stored model into `customer_segments` (a Delta overwrite, as
+`flo-seg rescore` does). scikit-learn KMeans on the same capped, log-scaled, standardised features is
+the single-machine reference. Results are printed as a Markdown table and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import psutil
+from pyspark.ml.feature import SQLTransformer
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, pairwise_distances_argmin_min
+
+from batch.features import CLUSTER_FEATURES, with_customer_features
+from batch.generate import write_history_csv
+from batch.lake import overwrite_table, read_table
+from batch.model import capped_log_sql
+from batch.score import ScoringModel, load_current_model, resolve_as_of, score_customers
+from batch.segments import ARCHETYPES
+from batch.train import run_train
+from flo_seg.settings import LakeSettings, TrainSettings, default_spark_settings
+from flo_seg.spark import build_session
+from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE
+
+log = logging.getLogger("benchmarks.batch")
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flo_data_20k.csv"
+REAL = "real"
+# The issue's target: train + score of this many customers within this many seconds of wall time.
+TARGET_ROWS = 1_000_000
+TARGET_SECONDS = 20.0
+
+GENERATE = "generate"
+TRAIN_AUTO = "train (auto k)"
+TRAIN_FIXED = "train (fixed k)"
+SCORE = "score"
+TO_NUMPY = "features to numpy"
+SKLEARN = "sklearn fit+predict"
+STAGES: tuple[str, ...] = (GENERATE, TRAIN_AUTO, TRAIN_FIXED, SCORE, TO_NUMPY, SKLEARN)
+
+StageAction = Callable[[], tuple[int, dict[str, object]]]
+
+
+class MemorySampler:
+    """Peak RSS of this Python driver and of its Spark JVM, sampled by a background thread."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self._interval_s = interval_s
+        self._driver = psutil.Process()
+        self._jvm: psutil.Process | None = None
+        self._lock = threading.Lock()
+        self._peak_driver = 0
+        self._peak_jvm = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        """Begin sampling."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._stopped.set()
+        self._thread.join()
+
+    def _jvm_process(self) -> psutil.Process | None:
+        # PySpark starts the JVM through spark-submit's shell scripts, so it is a child or a grandchild.
+        if self._jvm is not None and self._jvm.is_running():
+            return self._jvm
+        self._jvm = next((p for p in self._driver.children(recursive=True) if "java" in p.name().lower()), None)
+        return self._jvm
+
+    def _rss(self) -> tuple[int, int]:
+        driver = self._driver.memory_info().rss
+        try:
+            jvm = self._jvm_process()
+            return driver, jvm.memory_info().rss if jvm is not None else 0
+        except psutil.Error:
+            self._jvm = None
+            return driver, 0
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        driver, jvm = self._rss()
+        with self._lock:
+            self._peak_driver = max(self._peak_driver, driver)
+            self._peak_jvm = max(self._peak_jvm, jvm)
+
+    def reset(self) -> None:
+        """Start a new peak window at the current RSS."""
+        driver, jvm = self._rss()
+        with self._lock:
+            self._peak_driver, self._peak_jvm = driver, jvm
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds (user + system) used so far by the driver and by the JVM."""
+        driver = sum(self._driver.cpu_times()[:2])
+        try:
+            jvm = self._jvm_process()
+            return driver, sum(jvm.cpu_times()[:2]) if jvm is not None else 0.0
+        except psutil.Error:
+            return driver, 0.0
+
+    def peaks(self) -> tuple[int, int]:
+        """Peak (driver, JVM) RSS in bytes since the last reset."""
+        self.sample()
+        with self._lock:
+            return self._peak_driver, self._peak_jvm
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self.sample()
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    """One measured stage of one size."""
+
+    size: str
+    stage: str
+    rows: int = 0
+    seconds: float | None = None
+    driver_rss_peak: int = 0
+    jvm_rss_peak: int = 0
+    load_before: float = 0.0
+    load_after: float = 0.0
+    # CPU seconds each process got during the stage: on a shared machine, far below 2 x wall time.
+    driver_cpu_seconds: float = 0.0
+    jvm_cpu_seconds: float = 0.0
+    error: str | None = None
+    # Time ratio / size ratio against the same stage of the previous size; <= 1 is no worse than linear.
+    growth: float | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Throughput of a successful stage."""
+        return self.rows / self.seconds if self.seconds else None
+
+
+@dataclass(kw_only=True)
+class Bench:
+    """The results so far, saved to JSON after every stage so a crash still leaves the numbers."""
+
+    out: Path
+    sampler: MemorySampler
+    meta: dict[str, object]
+    results: list[StageResult] = field(default_factory=list)
+
+    def stage(self, size: str, name: str, action: StageAction) -> StageResult:
+        """Run and measure one stage; an exception is recorded, not raised."""
+        log.info("[%s] %s ...", size, name)
+        result = StageResult(size=size, stage=name, load_before=os.getloadavg()[0])
+        self.sampler.reset()
+        cpu_before = self.sampler.cpu_seconds()
+        started = time.perf_counter()
+        try:
+            result.rows, result.detail = action()
+            result.seconds = time.perf_counter() - started
+        except Exception as exc:
+            log.exception("[%s] %s failed", size, name)
+            first_line = next(iter(str(exc).strip().splitlines()), "")
+            result.error = f"{type(exc).__name__}: {first_line[:300]}"
+        result.driver_rss_peak, result.jvm_rss_peak = self.sampler.peaks()
+        cpu_after = self.sampler.cpu_seconds()
+        result.driver_cpu_seconds = cpu_after[0] - cpu_before[0]
+        result.jvm_cpu_seconds = cpu_after[1] - cpu_before[1]
+        result.load_after = os.getloadavg()[0]
+        self.results.append(result)
+        self.save()
+        took = f"{result.seconds:.1f}s" if result.seconds is not None else f"FAILED ({result.error})"
+        print(
+            f"[{size}] {name}: {took}, driver RSS peak {_gib(result.driver_rss_peak)}, "
+            f"JVM RSS peak {_gib(result.jvm_rss_peak)}, CPU s driver {result.driver_cpu_seconds:.1f} "
+            f"JVM {result.jvm_cpu_seconds:.1f}",
+            flush=True,
+        )
+        return result
+
+    def save(self) -> None:
+        """Write the JSON results."""
+        add_growth(self.results)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            **self.meta,
+            "results": [{**asdict(r), "rows_per_second": r.rows_per_second} for r in self.results],
+            "target": target_verdicts(self.results),
+        }
+        self.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def add_growth(results: list[StageResult]) -> None:
+    """Cost growth of each stage against the same stage at the previous size that ran it."""
+    previous: dict[str, StageResult] = {}
+    for r in results:
+        before = previous.get(r.stage)
+        r.growth = None
+        if r.seconds and before is not None and before.seconds and before.rows and r.rows:
+            r.growth = (r.seconds / before.seconds) / (r.rows / before.rows)
+        if r.seconds:
+            previous[r.stage] = r
+
+
+def target_verdicts(results: list[StageResult]) -> list[dict[str, object]]:
+    """Train + score against the 20 s target at every size, marked MET/MISSED at the target size."""
+    verdicts: list[dict[str, object]] = []
+    sizes = list(dict.fromkeys(r.size for r in results))
+    for size in sizes:
+        by_stage = {r.stage: r for r in results if r.size == size and r.seconds is not None}
+        score = by_stage.get(SCORE)
+        for train_name in (TRAIN_FIXED, TRAIN_AUTO):
+            train = by_stage.get(train_name)
+            if train is None or score is None or train.seconds is None or score.seconds is None:
+                continue
+            total = train.seconds + score.seconds
+            is_target_size = score.rows == TARGET_ROWS
+            verdicts.append(
+                {
+                    "size": size,
+                    "rows": score.rows,
+                    "stages": f"{train_name} + {SCORE}",
+                    "seconds": total,
+                    "target_seconds": TARGET_SECONDS if is_target_size else None,
+                    "verdict": ("MET" if total <= TARGET_SECONDS else "MISSED") if is_target_size else None,
+                    "margin_seconds": TARGET_SECONDS - total if is_target_size else None,
+                }
+            )
+    return verdicts
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _size_label(size: str, results: list[StageResult]) -> str:
+    rows = next((r.rows for r in results if r.size == size and r.stage == TRAIN_AUTO and r.rows), None)
+    if size == REAL:
+        return f"{rows:,} (real)" if rows else "real"
+    return f"{int(size):,}"
+
+
+def markdown_table(results: list[StageResult]) -> str:
+    """The results as a Markdown table, one row per size and stage."""
+    lines = [
+        "| customers | stage | rows | wall s | rows/s | driver RSS peak | JVM RSS peak | growth vs previous size |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        wall = f"{r.seconds:.1f}" if r.seconds is not None else f"failed: {r.error}"
+        rate = f"{r.rows_per_second:,.0f}" if r.rows_per_second else "–"
+        growth = f"{r.growth:.2f}" if r.growth is not None else "–"
+        lines.append(
+            f"| {_size_label(r.size, results)} | {r.stage} | {r.rows:,} | {wall} | {rate} | "
+            f"{_gib(r.driver_rss_peak)} | {_gib(r.jvm_rss_peak)} | {growth} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict_lines(results: list[StageResult]) -> list[str]:
+    """Train + score sums per size, with the 20 s verdict at 1M customers."""
+    lines = []
+    for v in target_verdicts(results):
+        line = f"- {v['rows']:,} customers, {v['stages']}: {v['seconds']:.1f} s"
+        if v["verdict"] is not None:
+            margin = float(str(v["margin_seconds"]))
+            how = f"{margin:.1f} s under" if margin >= 0 else f"{-margin:.1f} s over"
+            line += f" → {v['verdict']} ({how} the {TARGET_SECONDS:.0f} s target)"
+        lines.append(line)
+    if not any(v["verdict"] is not None for v in target_verdicts(results)):
+        lines.append(f"- the {TARGET_ROWS:,}-customer target size did not run (or failed): no verdict")
+    return lines
+
+
+def spark_centers(model: ScoringModel) -> np.ndarray:
+    """Centroids of the stored model in the scaled feature space."""
+    return np.asarray(model.pipeline.stages[-1].clusterCenters(), dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def compare_with_product(x: np.ndarray, labels: np.ndarray, model: ScoringModel) -> dict[str, object]:
+    """Inertia of the product's centroids on the reference's points, and label agreement with sklearn."""
+    product_labels, distances = pairwise_distances_argmin_min(x, spark_centers(model))
+    return {
+        "inertia_spark_centroids": float(np.sum(distances**2)),
+        "adjusted_rand_vs_spark": float(adjusted_rand_score(product_labels, labels)),
+    }
+
+
+def scaled_features_numpy(spark: SparkSession, lake: LakeSettings, model: ScoringModel) -> np.ndarray:
+    """The clustering features on the driver: the model's caps + log1p in Spark, standardised in numpy."""
+    x_cols = [f"x_{n}" for n in CLUSTER_FEATURES]
+    state = read_table(spark, lake, CUSTOMER_STATE)
+    features = with_customer_features(state, F.lit(model.record.as_of))
+    capped = SQLTransformer(statement=capped_log_sql(model.record.caps)).transform(features).select(*x_cols)
+    table = capped.toArrow()
+    raw = np.column_stack([table.column(c).to_numpy() for c in x_cols]).astype(np.float64)
+    # Spark's StandardScaler divides by the sample standard deviation and maps constant features to 0.
+    mean, std = raw.mean(axis=0), raw.std(axis=0, ddof=1)
+    return np.divide(raw - mean, std, out=np.zeros_like(raw), where=std > 0)
+
+
+def is_alive(spark: SparkSession) -> bool:
+    """Whether the session's JVM still answers (an out-of-memory JVM does not)."""
+    try:
+        return spark.range(1).count() == 1
+    except Exception:
+        return False
+
+
+def bench_size(bench: Bench, spark: SparkSession, size: str, *, work: Path, k: int, seed: int) -> None:
+    """Every stage for one size, in a fresh lake; stops the size at its first failed stage."""
+    if size == REAL:
+        if not REAL_DATA.exists():
+            print(f"[{REAL}] skipped: real FLO data not found at {REAL_DATA}", flush=True)
+            return
+        csv = REAL_DATA
+    else:
+        customers = int(size)
+        csv = work / f"history-{customers}.csv"
+        result = bench.stage(size, GENERATE, lambda: (write_history_csv(csv, customers=customers, seed=seed), {}))
+        if result.error:
+            return
+    lake_dir = work / f"lake-{size}"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    lake = LakeSettings(root=str(lake_dir))
+    rows_kept = 0
+    model: ScoringModel | None = None
+    x: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def train(settings: TrainSettings) -> StageAction:
+        def action() -> tuple[int, dict[str, object]]:
+            nonlocal rows_kept
+            summary = run_train(spark, lake, settings, history_path=str(csv))
+            rows_kept = summary.rows_kept
+            return summary.rows_read, {
+                "rows_kept": summary.rows_kept,
+                "k": summary.k,
+                "silhouette": summary.silhouette,
+                "model_version": summary.model_version,
+            }
+
+        return action
+
+    def score() -> tuple[int, dict[str, object]]:
+        nonlocal model
+        model = load_current_model(spark, lake)
+        state = read_table(spark, lake, CUSTOMER_STATE)
+        scored = score_customers(state, model, F.lit(resolve_as_of(state, None)))
+        overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
+        return rows_kept, {"model_version": model.record.version, "k": model.record.k, "write": "delta"}
+
+    def to_numpy() -> tuple[int, dict[str, object]]:
+        nonlocal x
+        assert model is not None
+        x = scaled_features_numpy(spark, lake, model)
+        return x.shape[0], {"columns": list(CLUSTER_FEATURES), "bytes": x.nbytes}
+
+    def sklearn_fit_predict() -> tuple[int, dict[str, object]]:
+        nonlocal labels
+        assert x is not None
+        fitted = KMeans(n_clusters=k, n_init=3, random_state=seed, max_iter=TrainSettings().max_iter).fit(x)
+        labels = fitted.predict(x)
+        return x.shape[0], {"n_iter": int(fitted.n_iter_), "inertia_sklearn": float(fitted.inertia_)}
+
+    # A clean cache per stage: run_train leaves its validated history cached, which would otherwise
+    # carry one stage's memory into the next.
+    stages: list[tuple[str, StageAction]] = [
+        (TRAIN_AUTO, train(TrainSettings(seed=seed))),
+        (TRAIN_FIXED, train(TrainSettings(k=k, seed=seed))),
+        (SCORE, score),
+        (TO_NUMPY, to_numpy),
+        (SKLEARN, sklearn_fit_predict),
+    ]
+    for name, action in stages:
+        spark.catalog.clearCache()
+        result = bench.stage(size, name, action)
+        if result.error:
+            return
+    if x is not None and labels is not None and model is not None:
+        # Untimed: how the reference's clustering compares with the product's on the same points.
+        result.detail.update(compare_with_product(x, labels, model))
+        bench.save()
+
+
+def _sizes(text: str) -> list[str]:
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().replace("_", "")
+        if part == REAL:
+            sizes.append(REAL)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(str(int(part)))
+        else:
+            raise argparse.ArgumentTypeError(f"a size is '{REAL}' or a positive customer count, got {part!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.batch",
+        description=(
+            "Time generate, train (auto k and fixed k), score and a scikit-learn KMeans reference "
+            "at growing customer counts; print a Markdown table and write JSON."
+        ),
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=_sizes(f"{REAL},1000000,5000000"),
+        help=f"comma-separated sizes: '{REAL}' (the 20k FLO file) or customer counts (default real,1000000,5000000)",
+    )
+    parser.add_argument("--k", type=int, default=4, help="k of the fixed-k training and of sklearn (default 4)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the data and the clusterings (default 42)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-batch.json"), help="JSON results file")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/flo-bench"),
+        help="folder for generated CSVs, lakes and Spark scratch (default /tmp/flo-bench)",
+    )
+    parser.add_argument(
+        "--driver-memory", default="8g", help="spark.driver.memory of the one local session (default 8g)"
+    )
+    return parser
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return f"load average {os.getloadavg()}"
+
+
+def machine(spark: SparkSession) -> dict[str, object]:
+    """What the numbers were measured on."""
+    jvm = spark.sparkContext._jvm
+    return {
+        "nproc": os.cpu_count(),
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "java": str(jvm.java.lang.System.getProperty("java.version")) if jvm is not None else "unknown",
+        "spark": spark.version,
+        "delta_spark": metadata.version("delta-spark"),
+        "scikit_learn": metadata.version("scikit-learn"),
+        "master": spark.sparkContext.master,
+        "default_parallelism": spark.sparkContext.defaultParallelism,
+        "driver_memory": spark.conf.get("spark.driver.memory", None),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every size in one session, print the table and the verdict, write the JSON."""
+    args = build_parser().parse_args(argv)
+    if not 2 <= args.k <= len(ARCHETYPES):
+        raise SystemExit(f"--k must be between 2 and {len(ARCHETYPES)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    uptime_before = _uptime()
+
+    settings = replace(default_spark_settings("flo-seg-bench"), driver_memory=args.driver_memory)
+    spark = build_session(
+        settings,
+        extra_conf={
+            "spark.local.dir": str(work / "spark-local"),
+            "spark.sql.warehouse.dir": str(work / "warehouse"),
+        },
+    )
+    sampler = MemorySampler()
+    sampler.start()
+    meta: dict[str, object] = {
+        "command": " ".join(["python -m benchmarks.batch", *(argv if argv is not None else sys.argv[1:])]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sizes": args.sizes,
+        "k": args.k,
+        "seed": args.seed,
+        "machine": machine(spark),
+        "uptime_before": uptime_before,
+        "score_write": "score_customers on customer_state, Delta overwrite of customer_segments",
+        "sklearn": "KMeans(n_clusters=k, n_init=3, max_iter=100), features standardised in numpy",
+    }
+    bench = Bench(out=args.out, sampler=sampler, meta=meta)
+    try:
+        for size in args.sizes:
+            bench_size(bench, spark, size, work=work, k=args.k, seed=args.seed)
+            if not is_alive(spark):
+                print(f"the Spark JVM stopped answering after size {size}; remaining sizes skipped", flush=True)
+                break
+    finally:
+        sampler.stop()
+        meta["uptime_after"] = _uptime()
+        meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        bench.save()
+    print()
+    print(markdown_table(bench.results))
+    print()
+    print(f"Target: train + score of {TARGET_ROWS:,} customers within {TARGET_SECONDS:.0f} s wall")
+    print("\n".join(verdict_lines(bench.results)))
+    print(f"\nuptime before: {uptime_before}\nuptime after:  {meta['uptime_after']}")
+    print(f"results written to {args.out}")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
