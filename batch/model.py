@@ -28,7 +28,7 @@ class KCandidate:
     """One row of the k-selection table."""
 
     k: int
-    silhouette: float
+    silhouette: float | None
     cost: float | None
 
 
@@ -126,11 +126,15 @@ def select_k(
         for k in k_values:
             started = time.monotonic()
             model = clusterer(algorithm, k, seed, max_iter).fit(prepared)
-            silhouette = float(evaluator.evaluate(model.transform(prepared)))
+            predicted = model.transform(prepared)
+            # Bisecting k-means (and GMM) may return fewer than k non-empty clusters; silhouette needs two.
+            found = predicted.select(PREDICTION).distinct().count()
+            silhouette = float(evaluator.evaluate(predicted)) if found > 1 else None
             candidate = KCandidate(k=k, silhouette=silhouette, cost=_cost(model))
             table.append(candidate)
             took = time.monotonic() - started
-            progress(f"k={k:>2}  silhouette={silhouette:.4f}  cost={candidate.cost}  ({took:.1f}s)")
+            shown = "n/a (fewer than 2 clusters)" if silhouette is None else f"{silhouette:.4f}"
+            progress(f"k={k:>2}  clusters={found}  silhouette={shown}  cost={candidate.cost}  ({took:.1f}s)")
     finally:
         prepared.unpersist()
     return table
@@ -138,7 +142,10 @@ def select_k(
 
 def best_k(table: list[KCandidate]) -> int:
     """Highest silhouette; ties go to the smaller k (fewer segments are easier to act on)."""
-    return max(table, key=lambda c: (round(c.silhouette, 6), -c.k)).k
+    scored = [c for c in table if c.silhouette is not None]
+    if not scored:
+        raise ValueError("no k produced two or more clusters; pass --k or use another --algorithm")
+    return max(scored, key=lambda c: (round(c.silhouette or 0.0, 6), -c.k)).k
 
 
 def restart_seeds(seed: int, restarts: int) -> list[int]:
