@@ -52,23 +52,15 @@ def with_customer_features(state_df: DataFrame, as_of_col: Column) -> DataFrame:
         frequency.cast("long").alias("frequency"),
         monetary.cast("double").alias("monetary"),
     )
-    indicators = [
-        (F.col("last_order_channel") == F.lit(c)).cast("int").alias(channel_flag_name(c)) for c in CHANNELS
-    ]
+    indicators = [(F.col("last_order_channel") == F.lit(c)).cast("int").alias(channel_flag_name(c)) for c in CHANNELS]
     indicators += [
-        F.coalesce(F.array_contains(F.col(CATEGORY_LIST), c), F.lit(False))
-        .cast("int")
-        .alias(category_flag_name(c))
+        F.coalesce(F.array_contains(F.col(CATEGORY_LIST), c), F.lit(False)).cast("int").alias(category_flag_name(c))
         for c in CATEGORIES
     ]
     return df.select(
         "*",
-        F.when(F.col("frequency") > 0, F.col(ONLINE_ORDERS) / F.col("frequency"))
-        .otherwise(0.0)
-        .alias("online_share"),
-        F.when(F.col("frequency") > 0, F.col("monetary") / F.col("frequency"))
-        .otherwise(0.0)
-        .alias("avg_order_value"),
+        F.when(F.col("frequency") > 0, F.col(ONLINE_ORDERS) / F.col("frequency")).otherwise(0.0).alias("online_share"),
+        F.when(F.col("frequency") > 0, F.col("monetary") / F.col("frequency")).otherwise(0.0).alias("avg_order_value"),
         *indicators,
     )
 

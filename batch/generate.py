@@ -257,9 +257,9 @@ def _uuid_text(rng: np.random.Generator, n: int) -> np.ndarray:
     nibbles[:, 0::2] = raw >> 4
     nibbles[:, 1::2] = raw & 0x0F
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
-    text[:, [i for i in range(36) if i not in (8, 13, 18, 23)]] = np.frombuffer(
-        b"0123456789abcdef", dtype=np.uint8
-    )[nibbles]
+    text[:, [i for i in range(36) if i not in (8, 13, 18, 23)]] = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[
+        nibbles
+    ]
     return text
 
 

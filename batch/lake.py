@@ -35,9 +35,7 @@ def is_write_conflict(exc: BaseException) -> bool:
     return any(marker in text for marker in _CONFLICTS)
 
 
-def with_conflict_retry(
-    action: Callable[[], R], *, what: str, attempts: int = 8, base_delay: float = 0.2
-) -> R:
+def with_conflict_retry(action: Callable[[], R], *, what: str, attempts: int = 8, base_delay: float = 0.2) -> R:
     """Run a Delta write, retrying optimistic-concurrency conflicts with jittered exponential backoff."""
     for attempt in range(1, attempts + 1):
         try:
@@ -46,9 +44,7 @@ def with_conflict_retry(
             if not is_write_conflict(exc) or attempt == attempts:
                 raise
             delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning(
-                "%s: Delta write conflict (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay
-            )
+            log.warning("%s: Delta write conflict (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -61,22 +57,14 @@ def table_exists(spark: SparkSession, lake: LakeSettings, name: str) -> bool:
 def read_table(spark: SparkSession, lake: LakeSettings, name: str) -> DataFrame:
     """A Delta table, or a clear error naming the command that creates it."""
     if not table_exists(spark, lake, name):
-        raise FileNotFoundError(
-            f"no Delta table {name!r} under {lake.root}; run `flo-seg train --history CSV` first"
-        )
+        raise FileNotFoundError(f"no Delta table {name!r} under {lake.root}; run `flo-seg train --history CSV` first")
     return spark.read.format("delta").load(lake.table(name))
 
 
-def overwrite_table(
-    df: DataFrame, lake: LakeSettings, name: str, *, replace_where: str | None = None
-) -> None:
+def overwrite_table(df: DataFrame, lake: LakeSettings, name: str, *, replace_where: str | None = None) -> None:
     """Atomically replace a table (or the rows matching `replace_where`) with contract-shaped rows."""
     writer = conform(df, TABLE_SCHEMAS[name]).write.format("delta").mode("overwrite")
-    writer = (
-        writer.option("replaceWhere", replace_where)
-        if replace_where
-        else writer.option("overwriteSchema", "true")
-    )
+    writer = writer.option("replaceWhere", replace_where) if replace_where else writer.option("overwriteSchema", "true")
     with_conflict_retry(lambda: writer.save(lake.table(name)), what=f"overwrite {name}")
 
 

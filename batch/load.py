@@ -33,8 +33,7 @@ def check_header(header: list[str], path: str) -> None:
     missing = missing_columns(header)
     if missing:
         raise HistoryFileError(
-            f"history file {path} lacks required column(s) {', '.join(missing)}; "
-            f"header was: {', '.join(header)}"
+            f"history file {path} lacks required column(s) {', '.join(missing)}; header was: {', '.join(header)}"
         )
 
 

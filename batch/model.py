@@ -40,9 +40,7 @@ def feature_caps(features_df: DataFrame, quantile: float) -> dict[str, float]:
 
 def capped_log_sql(caps: dict[str, float]) -> str:
     """SQL of the first pipeline stage, so the caps travel inside the saved PipelineModel."""
-    parts = [
-        f"log1p(least(greatest(CAST({n} AS DOUBLE), 0D), {caps[n]!r}D)) AS x_{n}" for n in CAPPED_FEATURES
-    ]
+    parts = [f"log1p(least(greatest(CAST({n} AS DOUBLE), 0D), {caps[n]!r}D)) AS x_{n}" for n in CAPPED_FEATURES]
     plain = [f"CAST({n} AS DOUBLE) AS x_{n}" for n in CLUSTER_FEATURES if n not in CAPPED_FEATURES]
     return f"SELECT *, {', '.join(parts + plain)} FROM __THIS__"
 
@@ -188,7 +186,5 @@ def fit_pipeline(
 def score_clusters(model: PipelineModel, features_df: DataFrame) -> DataFrame:
     """Cluster id (`cluster`) for every customer, keeping the input columns, dropping helper columns."""
     scored = model.transform(features_df)
-    helpers = [
-        c for c in scored.columns if c.startswith("x_") or c in ("raw_features", "cluster_probability")
-    ]
+    helpers = [c for c in scored.columns if c.startswith("x_") or c in ("raw_features", "cluster_probability")]
     return scored.drop(*helpers).withColumn(PREDICTION, F.col(PREDICTION).cast("int"))

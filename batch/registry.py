@@ -67,8 +67,7 @@ class ModelRecord:
             k=row["k"],
             silhouette=row["silhouette"],
             k_selection=tuple(
-                KCandidate(k=c["k"], silhouette=c["silhouette"], cost=c["cost"])
-                for c in row["k_selection"] or []
+                KCandidate(k=c["k"], silhouette=c["silhouette"], cost=c["cost"]) for c in row["k_selection"] or []
             ),
             features=tuple(row["features"]),
             caps=dict(row["caps"]),
@@ -106,13 +105,7 @@ def publish_model(spark: SparkSession, lake: LakeSettings, record: ModelRecord) 
 
 def current_model_record(spark: SparkSession, lake: LakeSettings) -> ModelRecord:
     """The version marked current, or a clear error when none was trained."""
-    rows = (
-        read_table(spark, lake, MODELS)
-        .where("is_current")
-        .orderBy(F.col("trained_at").desc())
-        .limit(1)
-        .collect()
-    )
+    rows = read_table(spark, lake, MODELS).where("is_current").orderBy(F.col("trained_at").desc()).limit(1).collect()
     if not rows:
         raise LookupError(f"no current model in {lake.table(MODELS)}; run `flo-seg train` first")
     return ModelRecord.from_row(rows[0])

@@ -139,11 +139,7 @@ def format_cell(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else f"{float(value):,.2f}"
     if isinstance(value, (dt.datetime, dt.date)):
-        return (
-            value.isoformat(sep=" ", timespec="seconds")
-            if isinstance(value, dt.datetime)
-            else value.isoformat()
-        )
+        return value.isoformat(sep=" ", timespec="seconds") if isinstance(value, dt.datetime) else value.isoformat()
     if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join(format_cell(v) for v in value)
     return str(value)
@@ -264,9 +260,7 @@ def segment_sizes(distributions: pd.DataFrame, order: Sequence[str]) -> pd.DataF
 def rfm_crosstab(counts: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     """Customers per classic RFM segment (rows, notebook order) and model segment (columns)."""
     rows = list(RFM_SEGMENTS) + sorted(set(counts["rfm_segment"]) - set(RFM_SEGMENTS))
-    table = counts.pivot_table(
-        index="rfm_segment", columns="segment", values="count", aggfunc="sum", fill_value=0
-    )
+    table = counts.pivot_table(index="rfm_segment", columns="segment", values="count", aggfunc="sum", fill_value=0)
     return table.reindex(index=rows, columns=list(order), fill_value=0).astype("int64")
 
 
@@ -282,18 +276,14 @@ def k_selection_figure(k_table: pd.DataFrame, chosen_k: int) -> Figure:
     """Silhouette (left axis) and cost (right axis) against k, the chosen k marked."""
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    lines = ax.plot(
-        k_table["k"], k_table["silhouette"], marker="o", color="C0", label="silhouette (higher is better)"
-    )
+    lines = ax.plot(k_table["k"], k_table["silhouette"], marker="o", color="C0", label="silhouette (higher is better)")
     ax.set_xlabel("k (number of segments)")
     ax.set_ylabel("silhouette", color="C0")
     ax.set_xticks(list(k_table["k"]))
     cost = pd.to_numeric(k_table["cost"], errors="coerce")
     if cost.notna().any():
         ax2 = ax.twinx()
-        lines += ax2.plot(
-            k_table["k"], cost, marker="s", linestyle="--", color="C1", label="cost (within-cluster)"
-        )
+        lines += ax2.plot(k_table["k"], cost, marker="s", linestyle="--", color="C1", label="cost (within-cluster)")
         ax2.set_ylabel("cost", color="C1")
     ax.axvline(chosen_k, color="0.4", linestyle=":", linewidth=1.5)
     chosen = k_table.loc[k_table["k"] == chosen_k, "silhouette"]
@@ -349,9 +339,7 @@ def box_stats(distributions: pd.DataFrame, metric: str, order: Sequence[str]) ->
     ]
 
 
-def distributions_figure(
-    distributions: pd.DataFrame, order: Sequence[str], colors: Mapping[str, str]
-) -> Figure:
+def distributions_figure(distributions: pd.DataFrame, order: Sequence[str], colors: Mapping[str, str]) -> Figure:
     """Box plots of recency, frequency, monetary and tenure per segment, log scale for the heavy tails."""
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
@@ -398,9 +386,7 @@ def projection_figure(projection: Projection, segments: Sequence[str], colors: M
             )
     ax.set_xlabel(f"PC1 ({projection.explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({projection.explained[1]:.0%} of variance)")
-    ax.set_title(
-        f"Customers on the first two principal components of the scaled features (n = {len(labels):,})"
-    )
+    ax.set_title(f"Customers on the first two principal components of the scaled features (n = {len(labels):,})")
     ax.legend(markerscale=3, frameon=False, loc="best")
     ax.grid(alpha=0.3)
     return fig
@@ -444,9 +430,7 @@ def crosstab_figure(crosstab: pd.DataFrame) -> Figure:
     counts = crosstab.to_numpy(dtype=float)
     totals = counts.sum(axis=0)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    fig = Figure(
-        figsize=(2.5 + 1.5 * crosstab.shape[1], 0.45 * crosstab.shape[0] + 1.8), layout="constrained"
-    )
+    fig = Figure(figsize=(2.5 + 1.5 * crosstab.shape[1], 0.45 * crosstab.shape[0] + 1.8), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=max(float(shares.max()), 1e-9), aspect="auto")
     ax.set_xticks(range(crosstab.shape[1]), [str(c) for c in crosstab.columns], rotation=25, ha="right")
@@ -461,9 +445,7 @@ def crosstab_figure(crosstab: pd.DataFrame) -> Figure:
             fontsize=8,
             color="white" if shares[i, j] > 0.6 * shares.max() else "black",
         )
-    fig.colorbar(
-        image, ax=ax, label="share of the segment's customers", format=PercentFormatter(1.0, decimals=0)
-    )
+    fig.colorbar(image, ax=ax, label="share of the segment's customers", format=PercentFormatter(1.0, decimals=0))
     ax.set_title("Classic RFM segment × model segment")
     return fig
 
@@ -493,9 +475,7 @@ def summary_section(data: ReportData) -> Section:
     ]
     other = data.version_rows[data.version_rows["model_version"] != record.version]
     if not other.empty:
-        facts.append(
-            ("customer_segments rows from other model versions", f"{int(other['customers'].sum()):,}")
-        )
+        facts.append(("customer_segments rows from other model versions", f"{int(other['customers'].sum()):,}"))
     return Section(title="Data summary", blocks=(Table(pd.DataFrame(facts, columns=["Item", "Value"])),))
 
 
@@ -506,9 +486,7 @@ def quarantine_section(quarantine: pd.DataFrame) -> Section:
     table = quarantine.sort_values(["count", "source", "reason"], ascending=[False, True, True])
     table = table[["reason", "source", "count"]].rename(columns={"count": "rows"}).astype({"rows": "int64"})
     total = int(table["rows"].sum())
-    return Section(
-        title="Quarantine by reason", blocks=(f"{total:,} rows quarantined in total.", Table(table))
-    )
+    return Section(title="Quarantine by reason", blocks=(f"{total:,} rows quarantined in total.", Table(table)))
 
 
 def k_selection_section(record: ModelRecord) -> Section:
@@ -516,9 +494,7 @@ def k_selection_section(record: ModelRecord) -> Section:
     if not record.k_selection:
         note = f"k was fixed at {record.k} when training (--k), so no k-selection curve was computed."
         return Section(title="k selection", blocks=(note,))
-    k_table = pd.DataFrame(
-        [{"k": c.k, "silhouette": c.silhouette, "cost": c.cost} for c in record.k_selection]
-    )
+    k_table = pd.DataFrame([{"k": c.k, "silhouette": c.silhouette, "cost": c.cost} for c in record.k_selection])
     plot = Plot(
         "k_selection",
         f"Silhouette and cost per k; k = {record.k} was chosen (highest silhouette).",
@@ -550,9 +526,7 @@ def sizes_section(sizes: pd.DataFrame, names: Mapping[int, str], colors: Mapping
     return Section(title="Segment sizes", blocks=(plot, Table(shown)))
 
 
-def distributions_section(
-    distributions: pd.DataFrame, order: Sequence[str], colors: Mapping[str, str]
-) -> Section:
+def distributions_section(distributions: pd.DataFrame, order: Sequence[str], colors: Mapping[str, str]) -> Section:
     """How segments differ in recency, frequency, monetary value and tenure."""
     plot = Plot(
         "distributions",
@@ -591,9 +565,7 @@ def channel_mix_section(profiles: pd.DataFrame, order: Sequence[str]) -> Section
     """Which channel each segment buys through, which decides where to reach it."""
     mix = channel_mix_frame(profiles, order)
     if mix.empty:
-        return Section(
-            title="Channel mix per segment", blocks=("no segment profiles for this model version.",)
-        )
+        return Section(title="Channel mix per segment", blocks=("no segment profiles for this model version.",))
     shown = mix.map(percent).reset_index(names="segment")
     plot = Plot("channel_mix", "Last-order channel mix per segment.", figure_png(channel_mix_figure(mix)))
     return Section(title="Channel mix per segment", blocks=(plot, Table(shown)))
@@ -626,9 +598,7 @@ def profile_section(profiles: pd.DataFrame, order: Sequence[str]) -> Section:
     """What each segment looks like and what marketing should do with it."""
     frame = profile_frame(profiles, order)
     if frame.empty:
-        return Section(
-            title="Segment profiles and actions", blocks=("no segment profiles for this model version.",)
-        )
+        return Section(title="Segment profiles and actions", blocks=("no segment profiles for this model version.",))
     return Section(title="Segment profiles and actions", blocks=(Table(frame),))
 
 
@@ -642,8 +612,7 @@ def crosstab_section(counts: pd.DataFrame, order: Sequence[str]) -> Section:
     shown.columns = [str(c) for c in shown.columns]
     plot = Plot(
         "rfm_crosstab",
-        "Classic RFM segment × model segment: colour is the share of the model segment, "
-        "numbers are customers.",
+        "Classic RFM segment × model segment: colour is the share of the model segment, numbers are customers.",
         figure_png(crosstab_figure(crosstab)),
     )
     return Section(title="Classic RFM × segment", blocks=(plot, Table(shown)))
@@ -727,9 +696,7 @@ def iter_plots(sections: Sequence[Section]) -> Iterator[Plot]:
 
 def render_html(sections: Sequence[Section], subtitle: str) -> str:
     """One self-contained page: inline CSS, plots as base64 PNG data URIs, no scripts or external links."""
-    toc = "".join(
-        f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections, start=1)
-    )
+    toc = "".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections, start=1))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -798,9 +765,7 @@ def write_report(sections: Sequence[Section], subtitle: str, out_dir: str) -> li
 
 
 # ------------------------------------------------------------------------------------- Spark edge
-def projection_sample(
-    state_df: DataFrame, model: ScoringModel, as_of: dt.date, *, rows: int, size: int
-) -> DataFrame:
+def projection_sample(state_df: DataFrame, model: ScoringModel, as_of: dt.date, *, rows: int, size: int) -> DataFrame:
     """A seeded sample of customers with their cluster and scaled feature vector as an array."""
     sample = sample_for_selection(state_df, rows, size, model.record.seed)
     features = sample.transform(lambda df: with_customer_features(df, F.lit(as_of)))
@@ -830,8 +795,7 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
     log.info("collecting segment distributions and the RFM crosstab")
     segments = tables[CUSTOMER_SEGMENTS].where(is_current)
     quantiles = [
-        F.percentile_approx(F.col(m).cast("double"), list(QUANTILES), 10_000).alias(m)
-        for m in DISTRIBUTION_METRICS
+        F.percentile_approx(F.col(m).cast("double"), list(QUANTILES), 10_000).alias(m) for m in DISTRIBUTION_METRICS
     ]
     distributions = quantile_frame(
         segments.groupBy("segment").agg(F.count(F.lit(1)).alias("customers"), *quantiles).toPandas()
@@ -839,17 +803,11 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
     crosstab_counts = segments.groupBy("rfm_segment", "segment").count().toPandas()
     profiles = tables[SEGMENT_PROFILES].where(is_current).toPandas()
     quarantine = tables[QUARANTINE].groupBy("source", "reason").count().toPandas()
-    campaigns = (
-        tables[CAMPAIGN_TARGETS].groupBy("campaign").agg(F.count(F.lit(1)).alias("customers")).toPandas()
-    )
+    campaigns = tables[CAMPAIGN_TARGETS].groupBy("campaign").agg(F.count(F.lit(1)).alias("customers")).toPandas()
 
     log.info("scoring a sample of at most %d customers for the 2-D projection", PROJECTION_SAMPLE)
-    sample = projection_sample(
-        tables[CUSTOMER_STATE], model, as_of, rows=customers, size=PROJECTION_SAMPLE
-    ).toPandas()
-    features = np.array([list(v) for v in sample[SCALED]], dtype=float).reshape(
-        len(sample), len(record.features)
-    )
+    sample = projection_sample(tables[CUSTOMER_STATE], model, as_of, rows=customers, size=PROJECTION_SAMPLE).toPandas()
+    features = np.array([list(v) for v in sample[SCALED]], dtype=float).reshape(len(sample), len(record.features))
     names = record.segment_names
     return ReportData(
         record=record,

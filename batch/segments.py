@@ -82,8 +82,7 @@ def segment_profiles(scored_df: DataFrame) -> DataFrame:
     stats = [F.avg(c).alias(f"{c}_mean") for c in _STATS]
     stats += [F.percentile_approx(c, 0.5, 10_000).cast("double").alias(f"{c}_median") for c in _STATS]
     channel_shares = [
-        F.avg((F.col("last_order_channel") == c).cast("double")).alias(f"_ch_{i}")
-        for i, c in enumerate(CHANNELS)
+        F.avg((F.col("last_order_channel") == c).cast("double")).alias(f"_ch_{i}") for i, c in enumerate(CHANNELS)
     ]
     category_shares = [F.avg(category_flag_name(c)).alias(f"_cat_{i}") for i, c in enumerate(CATEGORIES)]
     base = scored_df.groupBy("segment", PREDICTION).agg(
@@ -103,10 +102,7 @@ def segment_profiles(scored_df: DataFrame) -> DataFrame:
     )
     channel_mix = F.create_map(*[x for i, c in enumerate(CHANNELS) for x in (F.lit(c), F.col(f"_ch_{i}"))])
     category_entries = F.array(
-        *[
-            F.struct(F.col(f"_cat_{i}").alias("share"), F.lit(c).alias("category"))
-            for i, c in enumerate(CATEGORIES)
-        ]
+        *[F.struct(F.col(f"_cat_{i}").alias("share"), F.lit(c).alias("category")) for i, c in enumerate(CATEGORIES)]
     )
     top = F.slice(F.sort_array(F.filter(category_entries, lambda e: e["share"] > 0), asc=False), 1, 3)
     return (
@@ -221,9 +217,7 @@ def campaign_targets(segments_df: DataFrame, categories_df: DataFrame) -> DataFr
     joined = segments_df.join(categories_df, "master_id")
     lists = []
     for campaign, (rfm_segments, categories) in CAMPAIGNS.items():
-        interested = F.arrays_overlap(
-            F.col("interested_in_categories_12"), F.array(*[F.lit(c) for c in categories])
-        )
+        interested = F.arrays_overlap(F.col("interested_in_categories_12"), F.array(*[F.lit(c) for c in categories]))
         lists.append(
             joined.where(
                 F.col("rfm_segment").isin(list(rfm_segments)) & F.coalesce(interested, F.lit(False))

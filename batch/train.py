@@ -71,9 +71,7 @@ def state_from_history(validated_df: DataFrame) -> DataFrame:
     stamped = kept.withColumn("updated_at", F.current_timestamp()).withColumn(
         "last_order_ts", F.lit(None).cast("timestamp")
     )
-    return stamped.select(
-        *[F.col(f.name).cast(f.dataType) for f in CUSTOMER_STATE_SCHEMA.fields], ROW_ORDER
-    )
+    return stamped.select(*[F.col(f.name).cast(f.dataType) for f in CUSTOMER_STATE_SCHEMA.fields], ROW_ORDER)
 
 
 def quarantine_rows(validated_df: DataFrame, source: str) -> DataFrame:
@@ -215,10 +213,7 @@ def write_profiles(spark: SparkSession, lake: LakeSettings, scored: DataFrame, v
 
 
 def _profile_schema(profiles: DataFrame) -> T.StructType:
-    extra = [
-        T.StructField(n, T.StringType())
-        for n in ("action_channel", "action_offer", "action_timing", "action")
-    ]
+    extra = [T.StructField(n, T.StringType()) for n in ("action_channel", "action_offer", "action_timing", "action")]
     return T.StructType([*profiles.schema.fields, *extra])
 
 

@@ -66,9 +66,7 @@ def with_parsed_history(raw_df: DataFrame) -> DataFrame:
         df = df.withColumn(name, parse_date(F.col(f"raw_{name}")))
     for name in columns_of_kind("count") + columns_of_kind("amount"):
         df = df.withColumn(name, parse_number(F.col(f"raw_{name}")))
-    return df.withColumn(
-        "interested_in_categories_12", parse_categories(F.col("raw_interested_in_categories_12"))
-    )
+    return df.withColumn("interested_in_categories_12", parse_categories(F.col("raw_interested_in_categories_12")))
 
 
 def _any(cols: list[Column]) -> Column:
@@ -108,9 +106,7 @@ def _rejection_checks() -> list[tuple[str, Column, Column]]:
         ),
         (
             "unknown_channel",
-            _any(
-                [~F.coalesce(F.col(c).isin(list(CHANNELS)), F.lit(False)) for c in columns_of_kind("channel")]
-            ),
+            _any([~F.coalesce(F.col(c).isin(list(CHANNELS)), F.lit(False)) for c in columns_of_kind("channel")]),
             F.concat_ws(" / ", *[F.col(c) for c in columns_of_kind("channel")]),
         ),
         (
@@ -144,9 +140,7 @@ def with_duplicates_flagged(df: DataFrame) -> DataFrame:
         df.withColumn("_dup_rank", rank)
         .withColumn(
             REASON,
-            F.when(is_valid & (F.col("_dup_rank") > 1), F.lit("duplicate_master_id")).otherwise(
-                F.col(REASON)
-            ),
+            F.when(is_valid & (F.col("_dup_rank") > 1), F.lit("duplicate_master_id")).otherwise(F.col(REASON)),
         )
         .withColumn(
             DETAIL,
@@ -160,11 +154,7 @@ def with_duplicates_flagged(df: DataFrame) -> DataFrame:
 
 def validate_history(raw_df: DataFrame) -> DataFrame:
     """Parsed history with `reason` null for kept rows; duplicates of a kept customer are rejected."""
-    return (
-        raw_df.transform(with_parsed_history)
-        .transform(with_rejection_reason)
-        .transform(with_duplicates_flagged)
-    )
+    return raw_df.transform(with_parsed_history).transform(with_rejection_reason).transform(with_duplicates_flagged)
 
 
 def raw_record() -> Column:

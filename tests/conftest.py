@@ -20,9 +20,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     from flo_seg.spark import build_session
 
     warehouse = tmp_path_factory.mktemp("warehouse")
-    settings = replace(
-        default_spark_settings("flo-seg-tests"), master="local[2]", shuffle_partitions=2, ui=False
-    )
+    settings = replace(default_spark_settings("flo-seg-tests"), master="local[2]", shuffle_partitions=2, ui=False)
     session = build_session(settings, extra_conf={"spark.sql.warehouse.dir": str(warehouse)})
     yield session
     session.stop()

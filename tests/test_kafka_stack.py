@@ -77,9 +77,7 @@ def test_keyed_round_trip_keeps_values_and_key_partitioning(
     sent = [(f"customer-{i % 6}".encode(), f"order-{i}".encode()) for i in range(30)]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
     try:
-        sent_partition = [
-            producer.send(scratch_topic, key=k, value=v).get(timeout=10).partition for k, v in sent
-        ]
+        sent_partition = [producer.send(scratch_topic, key=k, value=v).get(timeout=10).partition for k, v in sent]
     finally:
         producer.close()
     key_partitions: dict[bytes, set[int]] = {}
@@ -172,9 +170,7 @@ def test_up_refuses_a_port_held_by_another_process(tmp_path: Path) -> None:
 def test_server_properties_is_a_single_local_kraft_node(tmp_path: Path) -> None:
     settings = stack.StackSettings(jars_dir=tmp_path, state_dir=tmp_path, port=19092, controller_port=19093)
     props = dict(
-        line.split("=", 1)
-        for line in stack.server_properties(settings).splitlines()
-        if not line.startswith("#")
+        line.split("=", 1) for line in stack.server_properties(settings).splitlines() if not line.startswith("#")
     )
     assert props["process.roles"] == "broker,controller"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"

@@ -119,12 +119,8 @@ def report_data(*, k_selection: tuple[KCandidate, ...] = ()) -> ReportData:
         record=model_record(k_selection=k_selection),
         customers=31,
         as_of=dt.date(2021, 6, 1),
-        version_rows=pd.DataFrame(
-            {"model_version": ["v1"], "customers": [30], "as_of": [dt.date(2021, 6, 1)]}
-        ),
-        quarantine=pd.DataFrame(
-            {"source": ['history:<b>"odd" & co</b>.csv'], "reason": ["bad_date"], "count": [1]}
-        ),
+        version_rows=pd.DataFrame({"model_version": ["v1"], "customers": [30], "as_of": [dt.date(2021, 6, 1)]}),
+        quarantine=pd.DataFrame({"source": ['history:<b>"odd" & co</b>.csv'], "reason": ["bad_date"], "count": [1]}),
         distributions=distributions(),
         crosstab_counts=pd.DataFrame(
             {
@@ -243,9 +239,7 @@ def test_box_stats_and_channel_mix_come_from_the_collected_frames() -> None:
 
 
 def test_plots_are_pngs_with_log_scales_for_heavy_tails_and_the_chosen_k_marked() -> None:
-    figure = distributions_figure(
-        distributions(), ["loyal", "lapsing"], {"loyal": "#1f77b4", "lapsing": "#ff7f0e"}
-    )
+    figure = distributions_figure(distributions(), ["loyal", "lapsing"], {"loyal": "#1f77b4", "lapsing": "#ff7f0e"})
     scales = {ax.get_title().split(" ")[0]: ax.get_yscale() for ax in figure.axes}
     assert scales == {"recency": "linear", "frequency": "log", "monetary": "log", "tenure": "linear"}
     k_table = pd.DataFrame({"k": [2, 3, 4], "silhouette": [0.3, 0.5, 0.4], "cost": [90.0, 60.0, 50.0]})
@@ -285,9 +279,7 @@ def test_rendered_report_is_self_contained_escaped_and_matches_the_markdown() ->
     for i, section in enumerate(sections, start=1):
         assert f"## {i}. {section.title}" in markdown
         assert f"<h2>{i}. {html.escape(section.title)}</h2>" in page
-    assert (
-        "| loyal | 10 | 33.3% | 20 | 5 | 812.50 | 400 | 25.0% | KADIN, ERKEK | perks & points |" in markdown
-    )
+    assert "| loyal | 10 | 33.3% | 20 | 5 | 812.50 | 400 | 25.0% | KADIN, ERKEK | perks & points |" in markdown
     rule = "RFM segment in loyal_customers, champions; interested in KADIN"
     assert f"| new_womens_shoe_brand | {rule} | 6 | 20.0% |" in markdown
 
@@ -337,9 +329,7 @@ def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> 
     assert not re.search(r"https?://", page, re.IGNORECASE)
     assert "no k-selection curve was computed" in page
 
-    segments = {
-        r["segment"] for r in spark.read.format("delta").load(lake.table("customer_segments")).collect()
-    }
+    segments = {r["segment"] for r in spark.read.format("delta").load(lake.table("customer_segments")).collect()}
     assert len(segments) == 3
     for segment in segments:
         assert html.escape(segment) in page
@@ -348,20 +338,14 @@ def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> 
     counts = {(r["source"], r["reason"]): r["count"] for r in quarantine.collect()}
     assert {reason: n for (_, reason), n in counts.items()} == {"bad_date": 2, "duplicate_master_id": 1}
     for (source, reason), n in counts.items():
-        cells = (
-            rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>{n}</td></tr>"
-        )
+        cells = rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>{n}</td></tr>"
         assert re.search(cells, page)
         assert f"| {reason} | {source} | {n} |" in markdown
 
     profile_rows = spark.read.format("delta").load(lake.table("segment_profiles")).collect()
     assert {r["segment"] for r in profile_rows} == segments
     for row in profile_rows:
-        line = next(
-            ln
-            for ln in markdown.splitlines()
-            if ln.startswith(f"| {row['segment']} | {row['customers']:,} |")
-        )
+        line = next(ln for ln in markdown.splitlines() if ln.startswith(f"| {row['segment']} | {row['customers']:,} |"))
         assert line.endswith(f"| {row['action']} |")
 
 

@@ -93,14 +93,9 @@ def test_fixed_edge_scores_and_ties_take_the_lower_bin(spark: SparkSession) -> N
 def test_training_scores_break_frequency_ties_by_input_order(spark: SparkSession) -> None:
     # Ten customers with equal recency/monetary structure; frequency ties split across quintiles by order.
     rows = [(f"c{i}", i, 10 * i, 2, float(100 * i)) for i in range(10)]
-    df = spark.createDataFrame(
-        rows, "master_id string, row_order long, recency int, frequency long, monetary double"
-    )
+    df = spark.createDataFrame(rows, "master_id string, row_order long, recency int, frequency long, monetary double")
     edges, ranks = training_rfm_edges(df)
-    got = {
-        r["master_id"]: r["f_score"]
-        for r in with_training_rfm_scores(df, edges, ranks, "row_order").collect()
-    }
+    got = {r["master_id"]: r["f_score"] for r in with_training_rfm_scores(df, edges, ranks, "row_order").collect()}
     assert got == {f"c{i}": i // 2 + 1 for i in range(10)}
     pdf = pd.DataFrame({"frequency": [2] * 10})
     assert [int(x) for x in pd.qcut(pdf["frequency"].rank(method="first"), 5, labels=[1, 2, 3, 4, 5])] == [

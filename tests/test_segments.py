@@ -58,9 +58,7 @@ def test_segment_name_column(spark: SparkSession) -> None:
     assert got == ["a", "b", None]
 
 
-POP = Population(
-    recency_p40=60, recency_p60=150, monetary_p40=300, monetary_p60=500, frequency_p60=5, tenure_p25=200
-)
+POP = Population(recency_p40=60, recency_p60=150, monetary_p40=300, monetary_p60=500, frequency_p60=5, tenure_p25=200)
 
 
 def profile(**kw: object) -> dict:  # type: ignore[type-arg]
@@ -120,9 +118,7 @@ def test_campaign_targets(spark: SparkSession) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [4, 6])
-def test_names_are_stable_across_seeds_on_the_real_data(
-    spark: SparkSession, real_data_path: Path, k: int
-) -> None:
+def test_names_are_stable_across_seeds_on_the_real_data(spark: SparkSession, real_data_path: Path, k: int) -> None:
     state = validate_history(read_history(spark, str(real_data_path))).transform(state_from_history)
     features = with_customer_features(state, F.lit(dt.date(2021, 6, 1))).cache()
     caps = feature_caps(features, 0.99)
@@ -131,12 +127,8 @@ def test_names_are_stable_across_seeds_on_the_real_data(
         model = fit_pipeline(features, caps, algorithm="kmeans", k=k, seed=seed, max_iter=100, restarts=3)
         clustered = score_clusters(model, features)
         names = name_segments(cluster_profiles_z(clustered))
-        rows = clustered.select(
-            "master_id", segment_name(names, F.col(PREDICTION)).alias("segment")
-        ).collect()
+        rows = clustered.select("master_id", segment_name(names, F.col(PREDICTION)).alias("segment")).collect()
         named.append({r["master_id"]: r["segment"] for r in rows})
     assert len(named[0]) == len(named[1]) == 19_945
     same = sum(named[0][m] == named[1][m] for m in named[0])
-    assert same / len(named[0]) >= 0.95, (
-        f"only {same / len(named[0]):.1%} of customers kept their segment name"
-    )
+    assert same / len(named[0]) >= 0.95, f"only {same / len(named[0]):.1%} of customers kept their segment name"

@@ -46,9 +46,7 @@ def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("trained")
     history = root / "history.csv"
     write_history_csv(history, customers=600, seed=5)
-    run_train(
-        spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history)
-    )
+    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
     return root / "lake"
 
 
@@ -57,9 +55,7 @@ def topics(kafka_bootstrap: str) -> tuple[str, str]:
     """Fresh order and change topics for this module."""
     suffix = uuid.uuid4().hex[:8]
     orders, changes = f"test.orders.{suffix}", f"test.changes.{suffix}"
-    ensure_topics(
-        kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)]
-    )
+    ensure_topics(kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)])
     return orders, changes
 
 
@@ -68,9 +64,7 @@ def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka
     """400 orders (with re-sends, late orders and every malformed kind) produced before any stream starts."""
     state = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state")
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
-    start = dt.datetime.combine(
-        state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc
-    )  # type: ignore[index]
+    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc)  # type: ignore[index]
     events = make_events(ids, start, 400, seed=9)
     send(kafka_bootstrap, topics[0], events.messages)
     return events
@@ -154,9 +148,7 @@ def test_segments_are_the_current_model_applied_to_the_state(
     assert set(segments.loc[segments["as_of"] == latest.date(), "master_id"]) >= {
         m
         for m in touched
-        if max(pd.Timestamp(e["order_ts"]) for e in sent.valid if e["master_id"] == m)
-        .tz_convert("UTC")
-        .date()
+        if max(pd.Timestamp(e["order_ts"]) for e in sent.valid if e["master_id"] == m).tz_convert("UTC").date()
         == latest.date()
     }
 
@@ -242,9 +234,7 @@ def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
     checkpoint = tmp_path / "checkpoint"
     # First a crash exactly between the state MERGE and the segment write of batch 1, then kill -9 at
     # several moments, then a run to completion.
-    proc = run_stream_process(
-        lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"}
-    )
+    proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"})
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
     for delay in (14.0, 19.0, 25.0):
@@ -290,9 +280,7 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     champions = set(before.loc[before["rfm_segment"] == "champions", "master_id"])
     assert champions
     active = sorted(set(before["master_id"]) - champions)[:3]
-    start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.timezone.utc) + dt.timedelta(
-        days=400
-    )
+    start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.timezone.utc) + dt.timedelta(days=400)
     events = make_events(active, start, 20, seed=4)
     topics = fresh_topics(kafka_bootstrap)
     send(kafka_bootstrap, topics[0], [m for m in events.messages if m[0] != b"bad"])
@@ -321,9 +309,7 @@ def test_new_model_is_hot_reloaded_while_the_stream_runs(
 ) -> None:
     lake = copy_lake(trained_lake, tmp_path / "lake")
     first_version = read_table(spark, lake, "models").first()["model_version"]  # type: ignore[index]
-    ids = sorted(
-        r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(40).collect()
-    )
+    ids = sorted(r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(40).collect())
     start = dt.datetime(2021, 6, 2, tzinfo=dt.timezone.utc)
     first, second = (
         make_events(ids, start, 60, seed=1),

@@ -92,9 +92,7 @@ def test_segments_models_profiles_and_campaigns(spark: SparkSession, lake: LakeS
 
     segments = read_table(spark, lake, "customer_segments")
     assert segments.count() == CUSTOMERS
-    assert {r[0] for r in segments.select("segment").distinct().collect()} == set(
-        model["segment_names"].values()
-    )
+    assert {r[0] for r in segments.select("segment").distinct().collect()} == set(model["segment_names"].values())
     bounds = segments.agg(
         *[F.min(c) for c in ("r_score", "f_score", "m_score")],
         *[F.max(c) for c in ("r_score", "f_score", "m_score")],
@@ -116,9 +114,7 @@ def test_segments_models_profiles_and_campaigns(spark: SparkSession, lake: LakeS
     assert women.where(~F.array_contains("interested_in_categories_12", "KADIN")).count() == 0
     assert women.where(~F.col("rfm_segment").isin("loyal_customers", "champions")).count() == 0
     expected_women = segments.where(F.col("rfm_segment").isin("loyal_customers", "champions")).join(
-        read_table(spark, lake, "customer_state").where(
-            F.array_contains("interested_in_categories_12", "KADIN")
-        ),
+        read_table(spark, lake, "customer_state").where(F.array_contains("interested_in_categories_12", "KADIN")),
         "master_id",
     )
     assert women.count() == expected_women.count()
@@ -149,9 +145,7 @@ def test_retrain_from_lake_keeps_old_versions_loadable(spark: SparkSession, lake
     assert PipelineModel.load(first["artifact_path"]) is not None
     segments = read_table(spark, lake, "customer_segments")
     assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
-    versions = {
-        r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()
-    }
+    versions = {r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()}
     assert versions == {first["model_version"], summary.model_version}
 
 
@@ -163,9 +157,7 @@ def test_query_formats(spark: SparkSession, lake: LakeSettings, capsys: pytest.C
     assert capsys.readouterr().out.splitlines() == ["reason", "bad_date", "bad_number"]
 
 
-def test_cli_refuses_a_file_without_required_columns(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_refuses_a_file_without_required_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text(",".join(HISTORY_COLUMN_NAMES[:-2]) + "\nx\n")
     lake = tmp_path / "lake"

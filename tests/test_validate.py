@@ -68,9 +68,7 @@ def test_each_bad_input_kind_gets_its_reason(spark: SparkSession, tmp_path: Path
     }
 
 
-def test_channel_date_may_be_empty_only_without_orders_on_that_channel(
-    spark: SparkSession, tmp_path: Path
-) -> None:
+def test_channel_date_may_be_empty_only_without_orders_on_that_channel(spark: SparkSession, tmp_path: Path) -> None:
     lines = [
         "store_only,Offline,Offline,2020-10-30,2021-02-26,,2021-02-26,0.0,3.0,139.99,0,[KADIN]",
         "missing_online,Android App,Offline,2020-10-30,2021-02-26,,2021-02-26,2.0,3.0,139.99,80,[KADIN]",
