@@ -194,6 +194,8 @@ def run_train(
     clustered.unpersist()
     scored.unpersist()
     features.unpersist()
+    if history_path is not None:
+        validated.unpersist()
     summary.model_version, summary.k, summary.silhouette = version, k, record.silhouette
     return summary
 
