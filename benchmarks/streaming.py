@@ -152,6 +152,10 @@ class ThroughputResult:
     is_complete: bool = False
     error: str | None = None
     orders_counted: int | None = None  # orders added to customer_state, to check nothing was lost
+    # Naive runs: every customer_state MERGE (rows, time, files), and for a run stopped at its timeout
+    # the rate including the rounds of the unfinished batch.
+    merge_commits: list[dict[str, int]] = field(default_factory=list)
+    partial_note: str | None = None
     batch_rows: list[dict[str, Any]] = field(default_factory=list)
     phase_means_s: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -609,6 +613,8 @@ def run_throughput(
     result = ThroughputResult(pattern=pattern, max_offsets=max_offsets, events_in_topic=in_topic)
     lake = copy_lake(base_lake, run_dir / "lake")
     orders_before = orders_total(spark, lake)
+    state_dir = Path(lake.root) / CUSTOMER_STATE
+    base_version = max(c["version"] for c in delta_commits(state_dir))
     stream_settings = StreamSettings(
         bootstrap_servers=settings.bootstrap_servers,
         checkpoint=str(run_dir / "checkpoint"),
@@ -622,7 +628,7 @@ def run_throughput(
     merges: dict[int, int] = {}
     timeout_s = settings.naive_timeout_s if pattern != PRODUCT else None
     meter = CpuMeter()
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), time.time() * 1000.0
     if pattern == PRODUCT:
         query = start_stream(spark, lake, stream_settings, recorder)
     else:
@@ -671,7 +677,27 @@ def run_throughput(
         span_s = (max(b["end_ms"] for b in later) - min(b["start_ms"] for b in later)) / 1000.0
         result.steady_events_per_s = round(sum(b["rows"] for b in later) / span_s, 1) if span_s > 0 else None
     result.orders_counted = orders_total(spark, lake) - orders_before
+    if pattern != PRODUCT:
+        add_merge_commits(result, state_dir, base_version, batches[0]["start_ms"] if batches else started_ms)
     return result
+
+
+def add_merge_commits(result: ThroughputResult, state_dir: Path, base_version: int, first_start_ms: float) -> None:
+    """The naive run's MERGE commits; a rounds run cut by the timeout also counts its unfinished batch."""
+    merges = [c for c in delta_commits(state_dir) if c["version"] > base_version and c.get("operation") == "MERGE"]
+    keys = ("numSourceRows", "executionTimeMs", "numTargetFilesRemoved", "numTargetRowsCopied")
+    result.merge_commits = [{k: int(c["metrics"].get(k, 0)) for k in keys} for c in merges]
+    merged = sum(m["numSourceRows"] for m in result.merge_commits)
+    if result.pattern == NAIVE_ROUNDS and not result.is_complete and not result.batches and merges:
+        # No batch finished: orders merged so far over time. An upper bound, as a batch's first rounds
+        # hold most of its orders and its many small last rounds cost about as much each.
+        span_s = (merges[-1]["timestamp_ms"] - first_start_ms) / 1000.0
+        result.events, result.seconds = merged, round(span_s, 2)
+        result.events_per_s = round(merged / span_s, 1) if span_s > 0 else None
+        result.partial_note = (
+            f"no batch finished before the timeout: {merged:,} orders merged in {len(merges)} MERGEs "
+            "so far (an upper bound)"
+        )
 
 
 def _await(query: StreamingQuery) -> bool:
@@ -916,7 +942,7 @@ def markdown(report: Report) -> str:
     ]
     for r in report.throughput:
         merges = sum(b.get("merges", 0) for b in r.batch_rows) if r.pattern != PRODUCT else 2 * r.batches
-        note = r.error or ("" if r.is_complete else "stopped at the timeout")
+        note = r.error or r.partial_note or ("" if r.is_complete else "stopped at the timeout")
         cpu = f"{r.cpu.get('benchmark_cores', 0):.2f} / {r.cpu.get('other_cores', 0):.2f}" if r.cpu else "–"
         lines.append(
             f"| {r.pattern} | {r.max_offsets:,} | {r.events:,} | {r.batches} | {merges} | {_num(r.seconds, '.1f')} "
@@ -1127,54 +1153,92 @@ def fill_topic(settings: BenchSettings, profiles_path: Path, topic: str, events:
     return {"events": summary.sent, "seconds": round(seconds, 1), "events_per_s": round(summary.sent / seconds, 1)}
 
 
-def run_drains(
-    spark: SparkSession,
-    settings: BenchSettings,
-    report: Report,
-    base_lake: Path,
-    profiles_path: Path,
-    prefix: str,
-    runs_dir: Path,
-    topics: list[str],
-) -> None:
-    """Warm the JVM up, pre-fill the topic, then drain it with every pattern at every trigger size."""
+@dataclass(kw_only=True)
+class Runner:
+    """One benchmark run: the session, the cached lake and the topics it created (deleted at the end)."""
 
-    def drain(topic: str, pattern: str, max_offsets: int, label: str) -> ThroughputResult:
-        changes_topic = f"{prefix}.{label}.changes"
-        topics.append(changes_topic)
-        ensure_topics(settings.bootstrap_servers, [TopicSpec(name=changes_topic, partitions=settings.partitions)])
+    spark: SparkSession
+    settings: BenchSettings
+    report: Report
+    base_lake: Path
+    profiles_path: Path
+    prefix: str
+    runs_dir: Path
+    topics: list[str] = field(default_factory=list)
+    topic: str | None = None
+
+    def drain(self, topic: str, pattern: str, max_offsets: int, label: str) -> ThroughputResult:
+        """One throughput run with its own changes topic, its copies removed afterwards."""
+        changes_topic = f"{self.prefix}.{label}.changes"
+        self.topics.append(changes_topic)
+        ensure_topics(
+            self.settings.bootstrap_servers, [TopicSpec(name=changes_topic, partitions=self.settings.partitions)]
+        )
         log.info("throughput: %s ...", label)
         result = run_throughput(
-            spark, settings, base_lake, topic, pattern, max_offsets, runs_dir / label, changes_topic
+            self.spark, self.settings, self.base_lake, topic, pattern, max_offsets, self.runs_dir / label, changes_topic
         )
         log.info("throughput: %s: %s events/s", label, _num(result.events_per_s))
-        spark.catalog.clearCache()
-        if not settings.keep_runs:
-            shutil.rmtree(runs_dir / label, ignore_errors=True)
+        self.spark.catalog.clearCache()
+        if not self.settings.keep_runs:
+            shutil.rmtree(self.runs_dir / label, ignore_errors=True)
         return result
 
-    # Untimed: a small drain first, so no measured run pays for class loading and JIT compilation.
-    warmup_topic = f"{prefix}.warmup.orders"
-    topics.append(warmup_topic)
-    fill_topic(settings, profiles_path, warmup_topic, settings.warmup_events, settings.seed + 3)
-    warmup = drain(warmup_topic, PRODUCT, settings.warmup_events, "warmup")
-    report.meta["warmup_drain"] = {"events": warmup.events, "seconds": warmup.seconds, "error": warmup.error}
+    def prepare_drains(self) -> None:
+        """An untimed warm-up drain (class loading, JIT), then the pre-filled topic."""
+        settings = self.settings
+        warmup_topic = f"{self.prefix}.warmup.orders"
+        self.topics.append(warmup_topic)
+        fill_topic(settings, self.profiles_path, warmup_topic, settings.warmup_events, settings.seed + 3)
+        warmup = self.drain(warmup_topic, PRODUCT, settings.warmup_events, "warmup")
+        self.report.meta["warmup_drain"] = {"events": warmup.events, "seconds": warmup.seconds, "error": warmup.error}
+        self.topic = f"{self.prefix}.orders"
+        self.topics.append(self.topic)
+        log.info("pre-filling %s with %d events ...", self.topic, settings.events)
+        self.report.meta["prefill"] = fill_topic(
+            settings, self.profiles_path, self.topic, settings.events, settings.seed
+        )
+        self.report.save()
 
-    topic = f"{prefix}.orders"
-    topics.append(topic)
-    log.info("pre-filling %s with %d events ...", topic, settings.events)
-    report.meta["prefill"] = fill_topic(settings, profiles_path, topic, settings.events, settings.seed)
-    report.save()
-    patterns = [] if settings.skip_throughput else [PRODUCT]
-    patterns += [] if settings.skip_naive else list(settings.naive)
-    # Patterns alternate per trigger size, so each comparison is made under similar machine load.
-    for max_offsets in settings.max_offsets:
-        for pattern in patterns:
-            # The literal raw MERGE fails on its first batch: one attempt shows it.
-            if pattern == NAIVE_RAW and max_offsets != settings.max_offsets[0]:
-                continue
-            report.throughput.append(drain(topic, pattern, max_offsets, f"{pattern}-{max_offsets}"))
-            report.save()
+    def drains(self, sizes: Sequence[int]) -> None:
+        """Drain the pre-filled topic with every pattern at each size; patterns alternate under similar load."""
+        settings = self.settings
+        if self.topic is None:
+            self.prepare_drains()
+        assert self.topic is not None
+        patterns = [] if settings.skip_throughput else [PRODUCT]
+        patterns += [] if settings.skip_naive else list(settings.naive)
+        for max_offsets in sizes:
+            for pattern in patterns:
+                # The literal raw MERGE fails on its first batch: one attempt shows it.
+                if pattern == NAIVE_RAW and max_offsets != settings.max_offsets[0]:
+                    continue
+                self.report.throughput.append(self.drain(self.topic, pattern, max_offsets, f"{pattern}-{max_offsets}"))
+                self.report.save()
+
+    def latencies(self) -> None:
+        """Every offered rate at every trigger interval."""
+        for trigger_s in self.settings.trigger_seconds:
+            for rate in self.settings.rates:
+                label = f"lat-{rate:g}-t{trigger_s:g}"
+                log.info("latency: %s ...", label)
+                result = run_latency(
+                    self.spark,
+                    self.settings,
+                    self.base_lake,
+                    self.profiles_path,
+                    rate,
+                    trigger_s,
+                    self.runs_dir / label,
+                    self.topics,
+                    self.prefix,
+                )
+                log.info("latency: %s: p99 %s s", label, _num(result.p99_s, ".2f"))
+                self.report.latency.append(result)
+                self.report.save()
+                self.spark.catalog.clearCache()
+                if not self.settings.keep_runs:
+                    shutil.rmtree(self.runs_dir / label, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1186,8 +1250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.work.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%d-%H%M%S")
-    prefix = f"flo.sbench.{tag}"
-    runs_dir = settings.work / "runs" / tag
     uptime_before = _uptime()
     spark = session(settings)
     meta: dict[str, Any] = {
@@ -1198,33 +1260,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uptime_before": uptime_before,
     }
     report = Report(out=settings.out, meta=meta)
-    topics: list[str] = []
+    runs_dir = settings.work / "runs" / tag
+    runner: Runner | None = None
     try:
         log.info("lake with %d customers ...", settings.customers)
         base_lake, meta["lake"] = build_lake(spark, settings)
-        profiles_path = cached_profiles(spark, base_lake)
         report.save()
-        if not (settings.skip_throughput and settings.skip_naive):
-            run_drains(spark, settings, report, base_lake, profiles_path, prefix, runs_dir, topics)
+        runner = Runner(
+            spark=spark,
+            settings=settings,
+            report=report,
+            base_lake=base_lake,
+            profiles_path=cached_profiles(spark, base_lake),
+            prefix=f"flo.sbench.{tag}",
+            runs_dir=runs_dir,
+        )
+        has_drains = not (settings.skip_throughput and settings.skip_naive)
+        # Every target at the first trigger size before the other sizes, so a long run that has to be cut
+        # short still answers all three.
+        if has_drains:
+            runner.drains(settings.max_offsets[:1])
         if not settings.skip_latency:
-            for trigger_s in settings.trigger_seconds:
-                for rate in settings.rates:
-                    label = f"lat-{rate:g}-t{trigger_s:g}"
-                    log.info("latency: %s ...", label)
-                    latency = run_latency(
-                        spark, settings, base_lake, profiles_path, rate, trigger_s, runs_dir / label, topics, prefix
-                    )
-                    report.latency.append(latency)
-                    report.save()
-                    spark.catalog.clearCache()
-                    if not settings.keep_runs:
-                        shutil.rmtree(runs_dir / label, ignore_errors=True)
+            runner.latencies()
+        if has_drains:
+            runner.drains(settings.max_offsets[1:])
     finally:
         meta["uptime_after"] = _uptime()
         meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         report.save()
-        if not settings.keep_topics:
-            delete_topics(settings.bootstrap_servers, topics)
+        if runner is not None and not settings.keep_topics:
+            delete_topics(settings.bootstrap_servers, runner.topics)
         if not settings.keep_runs:
             shutil.rmtree(runs_dir, ignore_errors=True)
     print()
