@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flo_seg.stack import is_port_taken, tail
+from flo_seg.procs import env_int, is_java_main, is_port_taken, read_pid, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -220,43 +220,10 @@ class Daemon:
 # ---------------------------------------------------------------- processes
 
 
-def read_pid(daemon: Daemon) -> int | None:
-    """The pid `up` recorded, or None when there is none or it is unreadable."""
-    try:
-        return int(daemon.pid_path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        return None
-
-
-def is_daemon_process(pid: int, main_class: str) -> bool:
-    """Alive and, where /proc tells, really that Spark daemon, so a recycled pid is never signalled."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False  # our own child (tests, one long session) that has exited: reaped now
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        return True  # no /proc (macOS): the signal check above is all there is
-    try:
-        state = (proc / "stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        return False
-    # spark-class (bash) carries the class as an argument until it execs java, which carries it too.
-    return not cmdline or main_class.encode() in cmdline.split(b"\0")
-
-
 def running_pid(daemon: Daemon) -> int | None:
     """The daemon's pid when it is alive, else None."""
-    pid = read_pid(daemon)
-    return pid if pid is not None and is_daemon_process(pid, daemon.main_class) else None
+    pid = read_pid(daemon.pid_path)
+    return pid if pid is not None and is_java_main(pid, daemon.main_class) else None
 
 
 def is_group_alive(pgid: int) -> bool:
@@ -268,22 +235,12 @@ def is_group_alive(pgid: int) -> bool:
     return True
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Poll a no-argument predicate until it is true or the timeout passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
-
-
 def stop_daemon(daemon: Daemon, pid: int, timeout_s: float) -> None:
     """SIGTERM (a worker then kills its executors), SIGKILL to the whole group only if something hangs."""
     log.info("stopping %s (pid %d)", daemon.name, pid)
-    if is_daemon_process(pid, daemon.main_class):
+    if is_java_main(pid, daemon.main_class):
         os.kill(pid, signal.SIGTERM)
-        if not wait_until(lambda: not is_daemon_process(pid, daemon.main_class), timeout_s):
+        if not wait_until(lambda: not is_java_main(pid, daemon.main_class), timeout_s):
             log.warning("%s did not stop within %.0f s; killing it", daemon.name, timeout_s)
     # The daemon was started as the leader of its own session, so its pid is the group id: executors
     # and Python workers left behind get a moment to follow their worker, then SIGKILL.
@@ -434,7 +391,7 @@ def up(settings: ClusterSettings) -> dict[str, Any]:
         except ClusterError:
             # Stopped rather than left half-started, so a failed `up` never leaves processes holding ports.
             for daemon, pid in reversed(started):
-                if is_daemon_process(pid, daemon.main_class) or is_group_alive(pid):
+                if is_java_main(pid, daemon.main_class) or is_group_alive(pid):
                     stop_daemon(daemon, pid, settings.stop_timeout_s)
             if not any(running_pid(d) for d in daemons):
                 settings.settings_path.unlink(missing_ok=True)
@@ -450,7 +407,7 @@ def wait_for(
     deadline = time.monotonic() + settings.start_timeout_s
     while True:
         for daemon, pid in watched:
-            if pid and not is_daemon_process(pid, daemon.main_class):
+            if pid and not is_java_main(pid, daemon.main_class):
                 daemon.pid_path.unlink(missing_ok=True)
                 raise failure(settings, daemon, f"(pid {pid}) exited during start-up")
         state = master_state(settings)
@@ -485,8 +442,8 @@ def down(settings: ClusterSettings) -> list[str]:
     with cluster_lock(settings):
         stopped = []
         for daemon in reversed(started_daemons(settings)):
-            pid = read_pid(daemon)
-            if pid is not None and (is_daemon_process(pid, daemon.main_class) or is_group_alive(pid)):
+            pid = read_pid(daemon.pid_path)
+            if pid is not None and (is_java_main(pid, daemon.main_class) or is_group_alive(pid)):
                 stop_daemon(daemon, pid, settings.stop_timeout_s)
                 stopped.append(daemon.name)
             else:
@@ -695,21 +652,12 @@ def submit(settings: SubmitSettings, argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------- CLI
 
 
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    """An integer variable, with an error that names it instead of a traceback."""
-    value = env.get(name) or str(default)
-    try:
-        return int(value)
-    except ValueError:
-        raise ClusterError(f"{name} must be an integer, not {value!r}") from None
-
-
 def cluster_settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> ClusterSettings:
     """CLI flags win over FLO_* variables, which win over the defaults."""
-    master_port = args.master_port or env_int(env, "FLO_SPARK_MASTER_PORT", 7077)
-    webui_port = args.master_webui_port or env_int(env, "FLO_SPARK_MASTER_WEBUI_PORT", 8080)
-    worker_webui = args.worker_webui_port or env_int(env, "FLO_SPARK_WORKER_WEBUI_PORT", webui_port + 1)
-    workers = args.workers or env_int(env, "FLO_SPARK_WORKERS", 2)
+    master_port = args.master_port or env_int(env, "FLO_SPARK_MASTER_PORT", 7077, ClusterError)
+    webui_port = args.master_webui_port or env_int(env, "FLO_SPARK_MASTER_WEBUI_PORT", 8080, ClusterError)
+    worker_webui = args.worker_webui_port or env_int(env, "FLO_SPARK_WORKER_WEBUI_PORT", webui_port + 1, ClusterError)
+    workers = args.workers or env_int(env, "FLO_SPARK_WORKERS", 2, ClusterError)
     ports = [master_port, webui_port, *range(worker_webui, worker_webui + workers)]
     if len(set(ports)) != len(ports):
         raise ClusterError(f"the cluster's ports must all differ: {ports}")
@@ -721,7 +669,7 @@ def cluster_settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> C
         master_webui_port=webui_port,
         worker_webui_port=worker_webui,
         workers=workers,
-        worker_cores=env_int(env, "FLO_SPARK_WORKER_CORES", 1),
+        worker_cores=env_int(env, "FLO_SPARK_WORKER_CORES", 1, ClusterError),
         worker_memory=env.get("FLO_SPARK_WORKER_MEMORY") or "2g",
         daemon_memory=env.get("FLO_SPARK_DAEMON_MEMORY") or "512m",
         start_timeout_s=args.timeout,

@@ -14,14 +14,12 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from flo_seg.procs import env_int, is_java_main, is_port_open, is_port_taken, read_pid, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
-LOG_TAIL_LINES = 20
 
 
 class StackError(RuntimeError):
@@ -187,69 +186,12 @@ def java_command(settings: StackSettings, main_class: str, *args: str, heap: str
     return [settings.java, *jvm_opts, "-cp", str(settings.jars_dir / "*"), main_class, *args]
 
 
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log, for error messages that should explain themselves."""
-    if not path.exists():
-        return "(no log written)"
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        return "".join(deque(fh, maxlen=lines)).rstrip("\n") or "(the log is still empty)"
-
-
 # ---------------------------------------------------------------- process and network probes
 
 
-def read_pid(settings: StackSettings) -> int | None:
-    """The pid `up` recorded, or None when there is none or it is unreadable."""
-    try:
-        return int(settings.pid_path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        return None
-
-
 def is_broker_process(pid: int) -> bool:
-    """Alive and, where /proc tells, really our broker, so a recycled pid is never signalled."""
-    try:
-        # When this very process started the broker (tests, one long session), reap it once it exits.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        return True  # no /proc (macOS): the signal check above is all there is
-    try:
-        state = (proc / "stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        return False  # exited, waiting for a parent that is not us to reap it
-    # The command line reads empty for a moment while the new process execs java: not a stranger.
-    return not cmdline or BROKER_MAIN_CLASS.encode() in cmdline.split(b"\0")
-
-
-def is_port_taken(host: str, port: int) -> bool:
-    """True when the broker could not bind the port (the same SO_REUSEADDR bind the JVM does)."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def is_port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """A cheap TCP check before the slower Kafka handshake."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    """Alive and really our broker (a recycled pid is never signalled)."""
+    return is_java_main(pid, BROKER_MAIN_CLASS)
 
 
 @contextmanager
@@ -404,12 +346,7 @@ def start_broker(settings: StackSettings) -> int:
 
 def wait_for_exit(pid: int, timeout_s: float) -> bool:
     """Poll until the process is gone; True if it went within the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not is_broker_process(pid):
-            return True
-        time.sleep(0.2)
-    return not is_broker_process(pid)
+    return wait_until(lambda: not is_broker_process(pid), timeout_s)
 
 
 def stop_broker(settings: StackSettings, pid: int) -> None:
@@ -449,7 +386,7 @@ def wait_until_answering(settings: StackSettings, pid: int) -> None:
 def up(settings: StackSettings) -> dict[str, int]:
     """Start the broker unless it already runs, wait for it, then make sure the topics exist."""
     with stack_lock(settings):
-        pid = read_pid(settings)
+        pid = read_pid(settings.pid_path)
         if pid is not None and is_broker_process(pid):
             log.info("the Kafka broker is already running (pid %d)", pid)
             path = settings.config_path
@@ -477,7 +414,7 @@ def up(settings: StackSettings) -> dict[str, int]:
 def down(settings: StackSettings) -> bool:
     """Stop the broker this stack started, if any; True if one was running."""
     with stack_lock(settings):
-        pid = read_pid(settings)
+        pid = read_pid(settings.pid_path)
         if pid is None or not is_broker_process(pid):
             settings.pid_path.unlink(missing_ok=True)
             return False
@@ -487,7 +424,7 @@ def down(settings: StackSettings) -> bool:
 
 def status(settings: StackSettings) -> StackStatus:
     """Probe the pid file, the process, the port and, when it answers, the topics."""
-    pid = read_pid(settings)
+    pid = read_pid(settings.pid_path)
     is_alive = pid is not None and is_broker_process(pid)
     is_answering = broker_answers(settings.bootstrap, timeout_s=2.0)
     topics: dict[str, int] = {}
@@ -526,19 +463,10 @@ def describe(settings: StackSettings, state: StackStatus) -> str:
 # ---------------------------------------------------------------- CLI
 
 
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    """An integer variable, with an error that names it instead of a traceback."""
-    value = env.get(name) or str(default)
-    try:
-        return int(value)
-    except ValueError:
-        raise StackError(f"{name} must be an integer, not {value!r}") from None
-
-
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> StackSettings:
     """CLI flags win over FLO_* variables, which win over the defaults."""
-    port = args.port or env_int(env, "FLO_KAFKA_PORT", 9092)
-    controller_port = args.controller_port or env_int(env, "FLO_KAFKA_CONTROLLER_PORT", port + 1)
+    port = args.port or env_int(env, "FLO_KAFKA_PORT", 9092, StackError)
+    controller_port = args.controller_port or env_int(env, "FLO_KAFKA_CONTROLLER_PORT", port + 1, StackError)
     if controller_port == port:
         raise StackError(f"the broker and controller ports must differ (both {port})")
     java_home = env.get("JAVA_HOME")

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
 from flo_seg import stack
+from flo_seg.procs import read_pid
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -141,7 +142,7 @@ def test_up_again_keeps_the_running_broker(stack_port: int) -> None:
 def read_stack_pid(port: int) -> int | None:
     """The pid the stack recorded, found the way the CLI finds it (FLO_STACK_DIR or the default)."""
     args = stack.build_parser().parse_args(["status", "--port", str(port)])
-    return stack.read_pid(stack.settings_from(args, os.environ))
+    return read_pid(stack.settings_from(args, os.environ).pid_path)
 
 
 def test_status_and_down_when_nothing_runs(tmp_path: Path) -> None:
