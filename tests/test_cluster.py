@@ -57,7 +57,8 @@ class RunningCluster:
 
     def state(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.json_url, timeout=5) as response:
-            return json.load(response)  # type: ignore[no-any-return]
+            state: dict[str, Any] = json.load(response)
+            return state
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def copy_lake(source: Path, dest: Path) -> LakeSettings:
     return LakeSettings(root=str(dest))
 
 
-def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple]:  # type: ignore[type-arg]
+def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple[object, ...]]:
     return sorted(tuple(r) for r in read_table(spark, lake, name).drop(*drop).collect())
 
 

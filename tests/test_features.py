@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.features import category_flag_name, channel_flag_name, with_customer_features
@@ -14,7 +14,7 @@ from schemas.tables import CUSTOMER_STATE_SCHEMA
 D = dt.date
 
 
-def state(spark: SparkSession, rows: list[tuple]) -> object:  # type: ignore[type-arg]
+def state(spark: SparkSession, rows: list[tuple[object, ...]]) -> DataFrame:
     now = dt.datetime(2021, 6, 1)
     full = [(*r[:12], None, now) for r in rows]
     return spark.createDataFrame(full, CUSTOMER_STATE_SCHEMA)
@@ -68,10 +68,7 @@ def test_rfm_tenure_and_shares(spark: SparkSession) -> None:
             ),
         ],
     )
-    got = {
-        r["master_id"]: r
-        for r in with_customer_features(df, F.lit(D(2021, 6, 1))).collect()  # type: ignore[attr-defined]
-    }
+    got = {r["master_id"]: r for r in with_customer_features(df, F.lit(D(2021, 6, 1))).collect()}
     a, b, c = got["a"], got["b"], got["c"]
     assert (a["recency"], a["tenure"], a["frequency"], a["monetary"]) == (2, 517, 4, 400.0)
     assert (a["online_share"], a["avg_order_value"]) == (0.75, 100.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -176,7 +177,7 @@ def test_dates_are_ordered(generated: pd.DataFrame) -> None:
     assert (first <= last).all()
     assert (online >= first).all()
     assert (offline >= first).all()
-    assert last.equals(np.maximum(online, offline))
+    assert last.equals(cast(pd.Series, np.maximum(online, offline)))
 
 
 def test_date_windows(generated: pd.DataFrame) -> None:
@@ -205,7 +206,7 @@ def test_counts_and_amounts(generated: pd.DataFrame) -> None:
 def test_single_order_channels_pin_the_first_order(generated: pd.DataFrame) -> None:
     # One online and one offline order: the earlier of the two is the first order.
     single = generated[(generated[COUNT_COLUMNS] == 1).all(axis=1)]
-    earlier = np.minimum(single["last_order_date_online"], single["last_order_date_offline"])
+    earlier = cast(pd.Series, np.minimum(single["last_order_date_online"], single["last_order_date_offline"]))
     assert len(single) > 5_000
     assert single["first_order_date"].equals(earlier)
 
@@ -247,15 +248,15 @@ def test_calibrated_to_the_real_data(real_data_path: Path, generated: pd.DataFra
     real_measures, generated_measures = measures(real), measures(generated)
     for name, real_values in real_measures.items():
         for q in (0.5, 0.9):
-            expected, actual = real_values.quantile(q), generated_measures[name].quantile(q)
+            expected, actual = float(real_values.quantile(q)), float(generated_measures[name].quantile(q))
             assert abs(actual - expected) <= 0.15 * expected, (name, q, expected, actual)
 
     # Offline counts are 1 for 54% of customers and P(<= 3) sits at 0.899, so their 90th percentile
     # flips between 3 and 4 with sampling noise: compare the distribution itself instead.
     for column in COUNT_COLUMNS:
         for k in (1, 2, 3, 4):
-            expected = (real[column] <= k).mean()
-            actual = (generated[column] <= k).mean()
+            expected = float((real[column] <= k).mean())
+            actual = float((generated[column] <= k).mean())
             assert abs(actual - expected) < 0.02, (column, k, expected, actual)
     assert 50 <= generated["order_num_total_ever_online"].max() <= 500
 
@@ -266,8 +267,8 @@ def test_calibrated_to_the_real_data(real_data_path: Path, generated: pd.DataFra
     for a, b in (("total orders", "tenure days"), ("total orders", "total value")):
         assert abs(spearman(generated_measures, a, b) - spearman(real_measures, a, b)) < 0.05, (a, b)
     for column in ("last_order_date_online", "last_order_date_offline"):
-        expected = (real["first_order_date"] == real[column]).mean()
-        actual = (generated["first_order_date"] == generated[column]).mean()
+        expected = float((real["first_order_date"] == real[column]).mean())
+        actual = float((generated["first_order_date"] == generated[column]).mean())
         assert abs(actual - expected) < 0.02, (column, expected, actual)
 
     # Date ranges. Online last orders are not compared at the low end: nothing pins their earliest day.

@@ -26,7 +26,7 @@ from batch.validate import validate_history
 
 
 def test_names_follow_profiles_not_cluster_numbers() -> None:
-    profiles = {
+    profiles: dict[int, tuple[float, ...]] = {
         0: (1.0, -0.8, -0.8, 0.3, 0.0),  # old, rare, cheap
         1: (-0.9, 1.2, 1.2, 0.5, 0.0),  # recent, frequent, valuable
         2: (-0.6, -0.9, -0.8, -1.6, 0.0),  # new
@@ -61,7 +61,7 @@ def test_segment_name_column(spark: SparkSession) -> None:
 POP = Population(recency_p40=60, recency_p60=150, monetary_p40=300, monetary_p60=500, frequency_p60=5, tenure_p25=200)
 
 
-def profile(**kw: object) -> dict:  # type: ignore[type-arg]
+def profile(**kw: object) -> dict[str, object]:
     base = {
         "recency_median": 100.0,
         "monetary_median": 400.0,

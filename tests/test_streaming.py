@@ -18,7 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import expected_state, make_events, send
+from streaming_support import EventSet, expected_state, make_events, send
 
 from batch.generate import write_history_csv
 from batch.lake import read_table
@@ -60,11 +60,13 @@ def topics(kafka_bootstrap: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka_bootstrap: str) -> EventSet:
     """400 orders (with re-sends, late orders and every malformed kind) produced before any stream starts."""
     state = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state")
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
-    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc)  # type: ignore[index]
+    latest = state.agg(F.max("last_order_date")).first()
+    assert latest is not None
+    start = dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.timezone.utc)
     events = make_events(ids, start, 400, seed=9)
     send(kafka_bootstrap, topics[0], events.messages)
     return events
@@ -87,7 +89,7 @@ def settings_for(kafka_bootstrap: str, topics: tuple[str, str], checkpoint: Path
     )
 
 
-def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple]:  # type: ignore[type-arg]
+def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple[object, ...]]:
     df = read_table(spark, lake, name).drop(*drop)
     return sorted(tuple(r) for r in df.collect())
 
@@ -98,9 +100,9 @@ def clean_run(
     trained_lake: Path,
     topics: tuple[str, str],
     kafka_bootstrap: str,
-    sent,
+    sent: EventSet,
     tmp_path_factory: pytest.TempPathFactory,
-) -> LakeSettings:  # type: ignore[no-untyped-def]
+) -> LakeSettings:
     """One uninterrupted in-process run over everything sent."""
     root = tmp_path_factory.mktemp("clean")
     lake = copy_lake(trained_lake, root / "lake")
@@ -114,8 +116,8 @@ def clean_run(
 
 
 def test_state_equals_an_independent_recomputation(
-    spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent
-) -> None:  # type: ignore[no-untyped-def]
+    spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent: EventSet
+) -> None:
     initial = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state").toPandas()
     want = expected_state(initial, sent.valid).set_index("master_id").sort_index()
     got = read_table(spark, clean_run, "customer_state").toPandas().set_index("master_id").sort_index()
@@ -127,8 +129,8 @@ def test_state_equals_an_independent_recomputation(
 
 
 def test_segments_are_the_current_model_applied_to_the_state(
-    spark: SparkSession, clean_run: LakeSettings, sent
-) -> None:  # type: ignore[no-untyped-def]
+    spark: SparkSession, clean_run: LakeSettings, sent: EventSet
+) -> None:
     segments = read_table(spark, clean_run, "customer_segments").toPandas()
     state = read_table(spark, clean_run, "customer_state")
     assert len(segments) == state.count()
@@ -142,6 +144,7 @@ def test_segments_are_the_current_model_applied_to_the_state(
         for col in ("segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"):
             assert (merged[col] == merged[f"{col}_want"]).all(), col
     clock = read_table(spark, clean_run, "stream_clock").first()
+    assert clock is not None
     latest = max(pd.Timestamp(e["order_ts"]).tz_convert("UTC") for e in sent.valid)
     assert pd.Timestamp(clock["clock_ts"]).tz_localize("UTC") == latest
     touched = {e["master_id"] for e in sent.valid}
@@ -154,8 +157,8 @@ def test_segments_are_the_current_model_applied_to_the_state(
 
 
 def test_every_malformed_kind_is_quarantined_with_its_coordinates(
-    spark: SparkSession, clean_run: LakeSettings, sent
-) -> None:  # type: ignore[no-untyped-def]
+    spark: SparkSession, clean_run: LakeSettings, sent: EventSet
+) -> None:
     rows = read_table(spark, clean_run, "quarantine").where(F.col("source") == "kafka").collect()
     counts: dict[str, int] = {}
     for r in rows:
@@ -192,7 +195,7 @@ def run_stream_process(
     topics: tuple[str, str],
     bootstrap: str,
     env: dict[str, str] | None = None,
-) -> subprocess.Popen:  # type: ignore[type-arg]
+) -> subprocess.Popen[str]:
     cmd = [
         sys.executable,
         "-m",
