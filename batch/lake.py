@@ -12,7 +12,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from flo_seg.settings import LakeSettings
-from schemas.tables import TABLE_SCHEMAS, conform
+from schemas.tables import TABLE_PROPERTIES, TABLE_SCHEMAS, conform
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -62,7 +62,12 @@ def read_table(spark: SparkSession, lake: LakeSettings, name: str) -> DataFrame:
 
 
 def overwrite_table(df: DataFrame, lake: LakeSettings, name: str, *, replace_where: str | None = None) -> None:
-    """Atomically replace a table (or the rows matching `replace_where`) with contract-shaped rows."""
+    """Atomically replace a table (or the rows matching `replace_where`) with contract-shaped rows.
+
+    The table is created first when missing, so it carries its contract properties from its first commit
+    (an overwrite keeps a table's properties).
+    """
+    ensure_table(df.sparkSession, lake, name)
     writer = conform(df, TABLE_SCHEMAS[name]).write.format("delta").mode("overwrite")
     writer = writer.option("replaceWhere", replace_where) if replace_where else writer.option("overwriteSchema", "true")
     with_conflict_retry(lambda: writer.save(lake.table(name)), what=f"overwrite {name}")
@@ -76,10 +81,28 @@ def append_table(df: DataFrame, lake: LakeSettings, name: str, *, txn: tuple[str
     with_conflict_retry(lambda: writer.save(lake.table(name)), what=f"append {name}")
 
 
+def table_properties(spark: SparkSession, lake: LakeSettings, name: str) -> dict[str, str]:
+    """The table properties of an existing table."""
+    row = DeltaTable.forPath(spark, lake.table(name)).detail().select("properties").first()
+    return dict(row["properties"] or {}) if row is not None else {}
+
+
 def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
-    """Create an empty table with its contract schema if it does not exist yet."""
+    """Create a table with its contract schema if missing, then set the contract properties it lacks.
+
+    Adding `delta.enableDeletionVectors` upgrades the table protocol (readers need Delta 2.3 or later).
+    """
+    path = lake.table(name)
     if not table_exists(spark, lake, name):
         empty = spark.createDataFrame([], TABLE_SCHEMAS[name])
+        with_conflict_retry(lambda: empty.write.format("delta").mode("append").save(path), what=f"create {name}")
+    wanted = TABLE_PROPERTIES.get(name, {})
+    current = table_properties(spark, lake, name) if wanted else {}
+    missing = {key: value for key, value in wanted.items() if current.get(key) != value}
+    if missing:
+        log.info("%s: setting table properties %s", name, missing)
+        assignments = ", ".join(f"'{key}' = '{value}'" for key, value in sorted(missing.items()))
         with_conflict_retry(
-            lambda: empty.write.format("delta").mode("append").save(lake.table(name)), what=f"create {name}"
+            lambda: spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})"),
+            what=f"set properties of {name}",
         )

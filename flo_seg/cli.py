@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
 
 log = logging.getLogger("flo_seg")
@@ -82,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='e.g. "SELECT segment, count(*) FROM customer_segments GROUP BY segment"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)")
+    maintain = sub.add_parser(
+        "maintain",
+        help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
+        description="Compact the small files every micro-batch adds and rewrite files whose deletion vectors "
+        "hide many rows (OPTIMIZE), then delete data files older than the retention (VACUUM). Safe while the "
+        "stream runs.",
+    )
+    maintain.add_argument(
+        "--table",
+        action="append",
+        dest="tables",
+        choices=MAINTAINED_TABLES,
+        help="a table to maintain (repeatable; default all of them)",
+    )
+    maintain.add_argument(
+        "--retain-hours",
+        type=float,
+        default=DEFAULT_RETAIN_HOURS,
+        help=f"VACUUM keeps files newer versions or this many hours need (default {DEFAULT_RETAIN_HOURS:g})",
+    )
+    maintain.add_argument("--no-vacuum", action="store_true", help="only OPTIMIZE")
+
     stream = sub.add_parser("stream", help="consume order events from Kafka and keep segments current")
     stream.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
     stream.add_argument("--topic", default="flo.orders", help="order events topic (default flo.orders)")
@@ -251,6 +274,24 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    """OPTIMIZE and VACUUM the stream's tables; one line per table."""
+    from flo_seg.spark import build_session
+
+    spark = build_session(default_spark_settings("flo-seg-maintain"))
+    results = run_maintenance(
+        spark,
+        _lake(args),
+        tables=tuple(args.tables or MAINTAINED_TABLES),
+        retain_hours=None if args.no_vacuum else args.retain_hours,
+    )
+    for r in results:
+        vacuum = f", VACUUM {r.vacuum_seconds:.1f}s" if r.vacuum_seconds is not None else ""
+        optimize = f"OPTIMIZE {r.optimize_seconds:.1f}s"
+        print(f"  {r.table:<20} files {r.files_before:>6} -> {r.files_after:<6} {optimize}{vacuum}")
+    return 0
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run the streaming job."""
     from flo_seg.spark import build_session
@@ -317,6 +358,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rescore": cmd_rescore,
     "report": cmd_report,
     "query": cmd_query,
+    "maintain": cmd_maintain,
     "stream": cmd_stream,
     "produce": cmd_produce,
 }

@@ -412,7 +412,8 @@ def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:
     for needed in (CUSTOMER_STATE, CUSTOMER_SEGMENTS, "models"):
         if not table_exists(spark, lake, needed):
             raise LookupError(f"no {needed} table under {lake.root}; run `flo-seg train --history CSV` first")
-    for name in (QUARANTINE, SEGMENT_CHANGES):
+    # Also gives the MERGE targets of a lake written by an older version their contract properties.
+    for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS, QUARANTINE, SEGMENT_CHANGES):
         ensure_table(spark, lake, name)
 
 

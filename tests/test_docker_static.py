@@ -38,7 +38,13 @@ MAKEFILE = REPO / "Makefile"
 
 APP_IMAGE = "flo-segmentation"
 # service -> the flo-seg subcommand it runs
-APP_SERVICES = {"generate": "generate", "train": "train", "stream": "stream", "produce": "produce"}
+APP_SERVICES = {
+    "generate": "generate",
+    "train": "train",
+    "stream": "stream",
+    "produce": "produce",
+    "maintain": "maintain",
+}
 SPARK_SERVICES = {
     "spark-master": "org.apache.spark.deploy.master.Master",
     "spark-worker": "org.apache.spark.deploy.worker.Worker",

@@ -1,0 +1,127 @@
+"""Table layout and upkeep: the MERGE targets use deletion vectors; `flo-seg maintain` compacts them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from batch.lake import ensure_table, overwrite_table, read_table, table_properties
+from batch.maintain import run_maintenance
+from flo_seg import cli
+from flo_seg.settings import LakeSettings
+from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, QUARANTINE, SEGMENT_CHANGES
+from streaming.job import merge_state
+from streaming.state import customer_order_deltas
+
+DV = "delta.enableDeletionVectors"
+UPDATED = dt.datetime(2021, 5, 31)
+
+
+def state_rows(spark: SparkSession, n: int) -> DataFrame:
+    """`n` customers with one offline order each, as history loads them."""
+    day = dt.date(2021, 1, 1)
+    rows = [
+        (f"c{i:03d}", "Offline", "Offline", day, day, None, day, 0, 1, 100.0, 0.0, ["KADIN"], None, UPDATED)
+        for i in range(n)
+    ]
+    return spark.createDataFrame(rows, CUSTOMER_STATE_SCHEMA)
+
+
+def orders(spark: SparkSession, ids: list[str]) -> DataFrame:
+    """One 50.00 online order for each id, shaped like the stream's valid orders."""
+    when = dt.datetime(2021, 6, 1, 12, 0)
+    return spark.createDataFrame(
+        [(f"e-{m}", m, when, when.date(), "Android App", True, 50.0, ["ERKEK"]) for m in ids],
+        "event_id string, master_id string, order_time timestamp, order_date date, channel string, "
+        "is_online boolean, amount double, categories array<string>",
+    )
+
+
+def last_commit(spark: SparkSession, path: str) -> dict[str, str]:
+    row = DeltaTable.forPath(spark, path).history(1).select("operation", "operationMetrics").first()
+    assert row is not None
+    return {"operation": row["operation"], **(row["operationMetrics"] or {})}
+
+
+@pytest.fixture
+def lake(spark: SparkSession, tmp_path: Path) -> LakeSettings:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    overwrite_table(state_rows(spark, 40).repartition(4), lake, CUSTOMER_STATE)
+    return lake
+
+
+def test_state_is_created_with_deletion_vectors_and_keeps_them_on_overwrite(
+    spark: SparkSession, lake: LakeSettings
+) -> None:
+    assert table_properties(spark, lake, CUSTOMER_STATE).get(DV) == "true"
+    overwrite_table(state_rows(spark, 5), lake, CUSTOMER_STATE)
+    assert table_properties(spark, lake, CUSTOMER_STATE).get(DV) == "true"
+    assert read_table(spark, lake, CUSTOMER_STATE).count() == 5
+    # Append-only tables carry no such property.
+    ensure_table(spark, lake, SEGMENT_CHANGES)
+    assert DV not in table_properties(spark, lake, SEGMENT_CHANGES)
+
+
+def test_older_state_table_gets_the_property(spark: SparkSession, tmp_path: Path) -> None:
+    lake = LakeSettings(root=str(tmp_path / "old"))
+    state_rows(spark, 3).write.format("delta").save(lake.table(CUSTOMER_STATE))  # as an older version wrote it
+    assert DV not in table_properties(spark, lake, CUSTOMER_STATE)
+    ensure_table(spark, lake, CUSTOMER_STATE)
+    assert table_properties(spark, lake, CUSTOMER_STATE)[DV] == "true"
+    assert read_table(spark, lake, CUSTOMER_STATE).count() == 3
+
+
+def test_stream_merge_marks_rows_instead_of_rewriting_files(spark: SparkSession, lake: LakeSettings) -> None:
+    merge_state(spark, lake, customer_order_deltas(orders(spark, ["c001", "c002", "new-1"])), "layout-test", 0)
+    metrics = last_commit(spark, lake.table(CUSTOMER_STATE))
+    assert metrics["operation"] == "MERGE"
+    assert (metrics["numTargetRowsUpdated"], metrics["numTargetRowsInserted"]) == ("2", "1")
+    # Copy-on-write would copy the untouched rows of every file holding c001 or c002.
+    assert metrics["numTargetRowsCopied"] == "0"
+    assert int(metrics["numTargetDeletionVectorsAdded"]) >= 1
+    assert metrics["numTargetFilesRemoved"] == "0"
+    state = {r["master_id"]: r for r in read_table(spark, lake, CUSTOMER_STATE).collect()}
+    assert len(state) == 41
+    assert state["c001"]["order_num_total_ever_online"] == 1
+    assert state["c001"]["customer_value_total_ever_online"] == 50.0
+    assert state["c003"]["order_num_total_ever_online"] == 0
+
+
+def test_maintain_compacts_and_keeps_every_row(spark: SparkSession, lake: LakeSettings) -> None:
+    for batch_id, ids in enumerate((["c001", "c010"], ["c002", "new-1"], ["c001", "new-2"])):
+        merge_state(spark, lake, customer_order_deltas(orders(spark, ids)), "maintain-test", batch_id)
+    before = sorted(read_table(spark, lake, CUSTOMER_STATE).collect())
+    results = run_maintenance(spark, lake, retain_hours=None)
+    # Only customer_state exists in this lake: the other tables are skipped, not created.
+    assert [r.table for r in results] == [CUSTOMER_STATE]
+    (state,) = results
+    assert state.files_before > 1 and state.files_after == 1
+    assert state.files_removed == state.files_before and not state.vacuumed
+    assert last_commit(spark, lake.table(CUSTOMER_STATE))["operation"] == "OPTIMIZE"
+    assert sorted(read_table(spark, lake, CUSTOMER_STATE).collect()) == before
+    assert len(before) == 42
+
+
+def test_maintain_refuses_a_short_retention_and_unknown_tables(spark: SparkSession, lake: LakeSettings) -> None:
+    with pytest.raises(ValueError, match="less than 168 h retention"):
+        run_maintenance(spark, lake, retain_hours=1)
+    with pytest.raises(ValueError, match="cannot maintain"):
+        run_maintenance(spark, lake, tables=("models",))
+
+
+def test_maintain_cli_optimizes_and_vacuums(
+    spark: SparkSession, lake: LakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_table(spark, lake, QUARANTINE)
+    code = cli.main(["--lake", lake.root, "maintain", "--table", CUSTOMER_STATE, "--table", QUARANTINE])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [CUSTOMER_STATE, QUARANTINE]
+    assert all("VACUUM" in line for line in lines)
+    assert "files      4 -> 1" in lines[0]
+    history = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history().select("operation").collect()
+    assert {"OPTIMIZE", "VACUUM START", "VACUUM END"} <= {r[0] for r in history}
