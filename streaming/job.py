@@ -369,18 +369,21 @@ class BatchLogger(StreamingQueryListener):
         if metrics is None:
             return
         dropped = 0
+        dedupe_rows = 0
         for op in progress.stateOperators or []:
             dropped += int((op.customMetrics or {}).get("numDroppedDuplicateRows", 0))
+            dedupe_rows += int(op.numRowsTotal or 0)
         read = int(progress.numInputRows)
         seconds = progress.batchDuration / 1000.0 if progress.batchDuration else metrics.seconds
         log.info(
-            "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d, customers updated %d, "
-            "re-scored %d, segment changes %d, model %s, clock %s, %.2fs, %.0f events/s",
+            "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d (event ids held %d), "
+            "customers updated %d, re-scored %d, segment changes %d, model %s, clock %s, %.2fs, %.0f events/s",
             metrics.batch_id,
             read,
             metrics.valid,
             metrics.quarantined,
             dropped,
+            dedupe_rows,
             metrics.customers_updated,
             metrics.rescored,
             metrics.changes,

@@ -1,0 +1,39 @@
+"""The stream's one log line per micro-batch, from the handler's counts and the query's progress."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from streaming.job import BatchLogger, BatchMetrics
+
+
+def _progress(batch_id: int, operators: list[SimpleNamespace]) -> SimpleNamespace:
+    return SimpleNamespace(
+        progress=SimpleNamespace(batchId=batch_id, numInputRows=1_000, batchDuration=2_000, stateOperators=operators)
+    )
+
+
+def test_batch_line_reports_duplicates_and_the_event_ids_held(caplog: pytest.LogCaptureFixture) -> None:
+    logger = BatchLogger()
+    logger.record(BatchMetrics(batch_id=7, valid=990, quarantined=4, customers_updated=800, model_version="v1"))
+    operators = [
+        SimpleNamespace(customMetrics={"numDroppedDuplicateRows": 6}, numRowsTotal=120_000),
+        SimpleNamespace(customMetrics={}, numRowsTotal=5),
+    ]
+    with caplog.at_level(logging.INFO, logger="streaming.job"):
+        logger.onQueryProgress(_progress(7, operators))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "batch 7: events in 1000, valid 990, quarantined 4, duplicates dropped 6 (event ids held 120005)"
+    )
+    assert "customers updated 800" in line
+    assert line.endswith("2.00s, 500 events/s")
+
+
+def test_progress_of_a_batch_the_handler_did_not_record_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="streaming.job"):
+        BatchLogger().onQueryProgress(_progress(3, []))
+    assert caplog.records == []
