@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 ALGORITHMS: tuple[str, ...] = ("kmeans", "bisecting", "gmm")
 PREDICTION = "cluster"
 SCALED = "scaled_features"
+# Spark's BisectingKMeans splits a cluster by nudging its center by a step proportional to the center's
+# norm, so on mean-centred features (root center at the origin) it never splits. It clusters the same
+# scaled features without the centring (Euclidean clustering does not depend on a translation), while
+# SCALED stays the z-scores that segment naming and the report read.
+UNCENTRED = "uncentred_features"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +50,11 @@ def capped_log_sql(caps: dict[str, float]) -> str:
     return f"SELECT *, {', '.join(parts + plain)} FROM __THIS__"
 
 
+def fit_features(algorithm: str) -> str:
+    """The vector column the clusterer of `algorithm` is fitted on."""
+    return UNCENTRED if algorithm == "bisecting" else SCALED
+
+
 def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | BisectingKMeans | GaussianMixture:
     """The Spark ML estimator behind `--algorithm`."""
     if algorithm == "kmeans":
@@ -58,7 +68,7 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
             tol=1e-4,
         )
     if algorithm == "bisecting":
-        return BisectingKMeans(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter)
+        return BisectingKMeans(featuresCol=UNCENTRED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter)
     if algorithm == "gmm":
         return GaussianMixture(
             featuresCol=SCALED,
@@ -72,18 +82,21 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
     raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
-def preprocessing_stages(caps: dict[str, float]) -> list[Transformer | Estimator]:
+def preprocessing_stages(caps: dict[str, float], algorithm: str) -> list[Transformer | Estimator]:
     """Cap + log, assemble and scale: shared by k selection and the final pipeline."""
-    return [
+    stages: list[Transformer | Estimator] = [
         SQLTransformer(statement=capped_log_sql(caps)),
         VectorAssembler(inputCols=[f"x_{n}" for n in CLUSTER_FEATURES], outputCol="raw_features"),
         StandardScaler(inputCol="raw_features", outputCol=SCALED, withMean=True, withStd=True),
     ]
+    if fit_features(algorithm) == UNCENTRED:
+        stages.append(StandardScaler(inputCol="raw_features", outputCol=UNCENTRED, withMean=False, withStd=True))
+    return stages
 
 
 def clustering_pipeline(caps: dict[str, float], algorithm: str, k: int, seed: int, max_iter: int) -> Pipeline:
     """The whole model as one Pipeline, saved and loaded as one PipelineModel."""
-    return Pipeline(stages=[*preprocessing_stages(caps), clusterer(algorithm, k, seed, max_iter)])
+    return Pipeline(stages=[*preprocessing_stages(caps, algorithm), clusterer(algorithm, k, seed, max_iter)])
 
 
 def _cost(model: object) -> float | None:
@@ -110,10 +123,10 @@ def select_k(
     """Silhouette and cost for each k on a cached sample (the full data is only used for the final fit)."""
     # A sample fits in a couple of partitions; more would only add task overhead to every iteration.
     prepared = (
-        Pipeline(stages=preprocessing_stages(caps))
+        Pipeline(stages=preprocessing_stages(caps, algorithm))
         .fit(sample_df)
         .transform(sample_df)
-        .select(SCALED)
+        .select(*dict.fromkeys([SCALED, fit_features(algorithm)]))
         .coalesce(2)
         .cache()
     )
@@ -125,7 +138,7 @@ def select_k(
             started = time.monotonic()
             model = clusterer(algorithm, k, seed, max_iter).fit(prepared)
             predicted = model.transform(prepared)
-            # Bisecting k-means (and GMM) may return fewer than k non-empty clusters; silhouette needs two.
+            # A clusterer (GMM in particular) may return fewer than k non-empty clusters; silhouette needs two.
             found = predicted.select(PREDICTION).distinct().count()
             silhouette = float(evaluator.evaluate(predicted)) if found > 1 else None
             candidate = KCandidate(k=k, silhouette=silhouette, cost=_cost(model))
@@ -166,8 +179,8 @@ def fit_pipeline(
     Clustering from one random start often stops in a local optimum, and a different seed then gives
     different segments; the best of a few starts lands in the same optimum far more often.
     """
-    prep = Pipeline(stages=preprocessing_stages(caps)).fit(train_df)
-    prepared = prep.transform(train_df).select(SCALED).cache()
+    prep = Pipeline(stages=preprocessing_stages(caps, algorithm)).fit(train_df)
+    prepared = prep.transform(train_df).select(fit_features(algorithm)).cache()
     try:
         best, best_cost = None, float("inf")
         for s in restart_seeds(seed, restarts):
@@ -186,5 +199,7 @@ def fit_pipeline(
 def score_clusters(model: PipelineModel, features_df: DataFrame) -> DataFrame:
     """Cluster id (`cluster`) for every customer, keeping the input columns, dropping helper columns."""
     scored = model.transform(features_df)
-    helpers = [c for c in scored.columns if c.startswith("x_") or c in ("raw_features", "cluster_probability")]
+    helpers = [
+        c for c in scored.columns if c.startswith("x_") or c in ("raw_features", UNCENTRED, "cluster_probability")
+    ]
     return scored.drop(*helpers).withColumn(PREDICTION, F.col(PREDICTION).cast("int"))
