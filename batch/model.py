@@ -59,7 +59,7 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
     """The Spark ML estimator behind `--algorithm`."""
     if algorithm == "kmeans":
         return KMeans(
-            featuresCol=SCALED,
+            featuresCol=fit_features(algorithm),
             predictionCol=PREDICTION,
             k=k,
             seed=seed,
@@ -68,10 +68,12 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
             tol=1e-4,
         )
     if algorithm == "bisecting":
-        return BisectingKMeans(featuresCol=UNCENTRED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter)
+        return BisectingKMeans(
+            featuresCol=fit_features(algorithm), predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter
+        )
     if algorithm == "gmm":
         return GaussianMixture(
-            featuresCol=SCALED,
+            featuresCol=fit_features(algorithm),
             predictionCol=PREDICTION,
             k=k,
             seed=seed,
@@ -126,12 +128,15 @@ def select_k(
         Pipeline(stages=preprocessing_stages(caps, algorithm))
         .fit(sample_df)
         .transform(sample_df)
-        .select(*dict.fromkeys([SCALED, fit_features(algorithm)]))
+        .select(fit_features(algorithm))
         .coalesce(2)
         .cache()
     )
     prepared.count()
-    evaluator = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION, metricName="silhouette")
+    # Silhouette does not change under a translation either, so it reads the clusterer's own features.
+    evaluator = ClusteringEvaluator(
+        featuresCol=fit_features(algorithm), predictionCol=PREDICTION, metricName="silhouette"
+    )
     table = []
     try:
         for k in k_values:
