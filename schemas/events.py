@@ -14,6 +14,14 @@ from schemas.history import CATEGORIES, CHANNELS
 SCHEMA_VERSION = 1
 JSON_SCHEMA_PATH = Path(__file__).with_name("order_event.schema.json")
 
+# The valid ranges, stated once: the stream quarantines what falls outside, the JSON Schema says the same.
+MAX_ORDER_AMOUNT = 1_000_000.0
+EARLIEST_ORDER = "2000-01-01"
+# event_id and master_id are plain identifiers: no spaces, quotes or control characters.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# RFC 3339 date-time: seconds and an offset (Z or +hh:mm) are required, so an order's instant is never a guess.
+ORDER_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
 
 @dataclass(frozen=True, kw_only=True)
 class EventField:
@@ -30,20 +38,27 @@ EVENT_FIELDS: tuple[EventField, ...] = (
     EventField(
         name="event_id",
         spark_type=T.StringType(),
-        json_schema={"type": "string", "minLength": 1},
-        description="Unique per order; a re-sent order keeps its event_id and counts once.",
+        json_schema={"type": "string", "pattern": IDENTIFIER_PATTERN},
+        description=(
+            "Unique per order; a re-sent order keeps its event_id and counts once. Two events with one "
+            "event_id and different content: the first in offset order counts, the other is dropped and "
+            "counted as a conflicting duplicate in the stream's log."
+        ),
     ),
     EventField(
         name="master_id",
         spark_type=T.StringType(),
-        json_schema={"type": "string", "minLength": 1},
-        description="Customer id; also the Kafka message key.",
+        json_schema={"type": "string", "pattern": IDENTIFIER_PATTERN},
+        description="Customer id; the Kafka message key must equal it.",
     ),
     EventField(
         name="order_ts",
         spark_type=T.StringType(),
-        json_schema={"type": "string", "format": "date-time"},
-        description="Order time, ISO-8601 with offset, e.g. 2021-06-01T10:15:00+03:00.",
+        json_schema={"type": "string", "format": "date-time", "pattern": ORDER_TS_PATTERN},
+        description=(
+            f"Order time, RFC 3339 with seconds and offset, e.g. 2021-06-01T10:15:00+03:00; from "
+            f"{EARLIEST_ORDER} to at most a day after the stream's wall clock."
+        ),
     ),
     EventField(
         name="channel",
@@ -54,15 +69,15 @@ EVENT_FIELDS: tuple[EventField, ...] = (
     EventField(
         name="amount",
         spark_type=T.DoubleType(),
-        json_schema={"type": "number", "exclusiveMinimum": 0},
-        description="Order value, > 0.",
+        json_schema={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_ORDER_AMOUNT},
+        description=f"Order value, a finite number in (0, {MAX_ORDER_AMOUNT:,.0f}]; counted in whole cents.",
     ),
     EventField(
         name="categories",
         spark_type=T.ArrayType(T.StringType()),
-        json_schema={"type": "array", "items": {"type": "string", "enum": list(CATEGORIES)}, "uniqueItems": True},
+        json_schema={"type": "array", "items": {"type": "string", "enum": list(CATEGORIES)}},
         required=False,
-        description="Categories in the basket (optional).",
+        description="Categories in the basket (optional; no nulls; a repeated category counts once).",
     ),
     EventField(
         name="schema_version",
@@ -71,6 +86,11 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         description="Contract version.",
     ),
 )
+
+
+def spark_regex(pattern: str) -> str:
+    """A JSON Schema pattern for Spark's `rlike`: Java's `$` also matches before a final newline, `\\z` does not."""
+    return pattern[:-1] + r"\z" if pattern.endswith("$") else pattern
 
 
 def event_spark_schema() -> T.StructType:

@@ -5,26 +5,147 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas.events import SCHEMA_VERSION, event_spark_schema
+from schemas.events import (
+    EARLIEST_ORDER,
+    IDENTIFIER_PATTERN,
+    MAX_ORDER_AMOUNT,
+    ORDER_TS_PATTERN,
+    SCHEMA_VERSION,
+    event_spark_schema,
+    spark_regex,
+)
 from schemas.history import CATEGORIES, CHANNELS
 
 REASON = "reason"
+DETAIL = "detail"
 DEDUPE_KEY = "dedupe_key"
-EARLIEST_ORDER = "2000-01-01"
+CONTENT_KEY = "content_key"
+CORRUPT_COLUMN = "_corrupt_json"
+REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "master_id", "order_ts", "channel", "amount", "schema_version")
 # An order more than a day in the future of the wall clock is a producer bug, not a customer.
 MAX_FUTURE = "INTERVAL 1 DAY"
+# Offending values are quoted in the quarantine detail, cut to this length.
+DETAIL_CHARS = 200
 
 
-def _first_failure(checks: list[tuple[str, Column]]) -> Column:
-    out: Column = F.lit(None).cast("string")
-    for name, failed in reversed(checks):
-        out = F.when(F.coalesce(failed, F.lit(True)), F.lit(name)).otherwise(out)
-    return out
+def _first_failure(checks: list[tuple[str, Column, Column]]) -> tuple[Column, Column]:
+    """(reason, detail) of the first check that fails (or cannot be evaluated), nulls when all pass."""
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for name, failed, why in reversed(checks):
+        is_failed = F.coalesce(failed, F.lit(True))
+        reason = F.when(is_failed, F.lit(name)).otherwise(reason)
+        detail = F.when(is_failed, why.cast("string")).otherwise(detail)
+    return reason, detail
+
+
+def _quoted(col: Column) -> Column:
+    """A value as it came, quoted and cut short, for a quarantine detail."""
+    text = F.to_json(F.array(col))
+    return F.when(
+        F.length(text) > DETAIL_CHARS + 2, F.concat(F.substring(text, 2, DETAIL_CHARS), F.lit("…"))
+    ).otherwise(F.substring(text, 2, F.length(text) - 2))
+
+
+def _event_checks() -> list[tuple[str, Column, Column]]:
+    """(reason, failed?, detail) in priority order; each check may assume the earlier ones passed."""
+    raw = F.trim(F.col("raw_value"))
+    order_ts = F.col("order_ts").try_cast("timestamp")
+    amount = F.col("amount")
+    any_field_parsed = F.exists(F.array(*[F.col(c).isNotNull() for c in REQUIRED_FIELDS]), lambda x: x)
+    missing = F.filter(
+        F.array(
+            *[F.when(F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == ""), F.lit(c)) for c in REQUIRED_FIELDS]
+        ),
+        lambda name: name.isNotNull(),
+    )
+    unknown_categories = F.filter(F.col("categories"), lambda c: c.isNull() | ~c.isin(list(CATEGORIES)))
+    return [
+        (
+            "malformed_json",
+            F.col("raw_value").isNull()
+            | ~raw.startswith("{")
+            | ~raw.endswith("}")
+            | F.col(CORRUPT_COLUMN).isNotNull() & ~any_field_parsed,
+            F.lit("not one JSON object (unparseable, truncated, or nested deeper than the parser allows)"),
+        ),
+        (
+            "missing_or_mistyped_field",
+            (F.size(missing) > 0) | F.col(CORRUPT_COLUMN).isNotNull(),
+            F.when(
+                F.size(missing) > 0,
+                F.concat(F.lit("missing, empty or of the wrong type: "), F.array_join(missing, ", ")),
+            ).otherwise(F.lit("categories is not an array of strings")),
+        ),
+        (
+            "unsupported_schema_version",
+            F.col("schema_version") != SCHEMA_VERSION,
+            F.concat(F.lit(f"expected {SCHEMA_VERSION}, got "), F.col("schema_version").cast("string")),
+        ),
+        (
+            "bad_event_id",
+            ~F.col("event_id").rlike(spark_regex(IDENTIFIER_PATTERN)),
+            F.concat(F.lit("not a plain identifier: "), _quoted(F.col("event_id"))),
+        ),
+        (
+            "bad_master_id",
+            ~F.col("master_id").rlike(spark_regex(IDENTIFIER_PATTERN)),
+            F.concat(F.lit("not a plain identifier: "), _quoted(F.col("master_id"))),
+        ),
+        ("unknown_channel", ~F.col("channel").isin(list(CHANNELS)), _quoted(F.col("channel"))),
+        ("non_positive_amount", amount <= 0, F.concat(F.lit("amount "), amount.cast("string"), F.lit(" <= 0"))),
+        (
+            "amount_out_of_range",
+            F.isnan(amount) | (amount > MAX_ORDER_AMOUNT),
+            F.concat(
+                F.lit("amount "), amount.cast("string"), F.lit(f" is not a finite number up to {MAX_ORDER_AMOUNT:.0f}")
+            ),
+        ),
+        (
+            "bad_order_ts",
+            ~F.col("order_ts").rlike(spark_regex(ORDER_TS_PATTERN)) | order_ts.isNull(),
+            F.concat(F.lit("not RFC 3339 with seconds and offset: "), _quoted(F.col("order_ts"))),
+        ),
+        (
+            "absurd_order_ts",
+            (order_ts < F.lit(EARLIEST_ORDER).cast("timestamp"))
+            | (order_ts > F.current_timestamp() + F.expr(MAX_FUTURE)),
+            F.concat(F.lit(f"before {EARLIEST_ORDER} or over a day ahead: "), F.col("order_ts")),
+        ),
+        (
+            "unknown_category",
+            F.size(F.coalesce(unknown_categories, F.array())) > 0,
+            F.concat(F.lit("not one of the categories: "), F.to_json(unknown_categories)),
+        ),
+        (
+            "key_mismatch",
+            F.col("kafka_key").isNull() | (F.col("kafka_key") != F.col("master_id")),
+            F.concat(
+                F.lit("Kafka key "), F.coalesce(_quoted(F.col("kafka_key")), F.lit("null")), F.lit(" is not master_id")
+            ),
+        ),
+    ]
+
+
+def _content_key() -> Column:
+    """What makes two events with one event_id the same order: a re-send, or a conflicting rewrite."""
+    return F.when(
+        F.col(REASON).isNull(),
+        F.xxhash64(
+            "master_id",
+            "order_time",
+            "channel",
+            F.col("amount").cast("decimal(18,2)"),
+            F.array_sort(F.array_distinct(F.coalesce(F.col("categories"), F.array().cast("array<string>")))),
+        ),
+    ).otherwise(F.lit(0).cast("long"))
 
 
 def parse_order_events(kafka_df: DataFrame) -> DataFrame:
-    """Kafka rows → typed order events with `reason` (null when valid) and their Kafka coordinates."""
+    """Kafka rows → typed order events with `reason`/`detail` (null when valid) and their Kafka coordinates."""
     raw = F.col("value").cast("string")
+    schema = event_spark_schema().add(CORRUPT_COLUMN, "string")
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN}
     parsed = (
         kafka_df.select(
             raw.alias("raw_value"),
@@ -32,55 +153,40 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
             F.col("topic").alias("kafka_topic"),
             F.col("partition").alias("kafka_partition"),
             F.col("offset").alias("kafka_offset"),
-            F.from_json(raw, event_spark_schema(), {"mode": "PERMISSIVE"}).alias("e"),
+            F.from_json(raw, schema, options).alias("e"),
         )
         .select("*", "e.*")
         .drop("e")
     )
     order_ts = F.col("order_ts").try_cast("timestamp")
-    required = ["event_id", "master_id", "order_ts", "channel", "amount", "schema_version"]
-    checks = [
-        (
-            "malformed_json",
-            F.col("raw_value").isNull()
-            | F.col("event_id").isNull()
-            & F.col("master_id").isNull()
-            & F.col("amount").isNull()
-            & ~F.trim(F.col("raw_value")).startswith("{"),
-        ),
-        (
-            "missing_or_mistyped_field",
-            F.exists(F.array(*[F.col(c).isNull() for c in required]), lambda x: x)
-            | (F.trim(F.col("event_id")) == "")
-            | (F.trim(F.col("master_id")) == ""),
-        ),
-        ("unsupported_schema_version", F.col("schema_version") != SCHEMA_VERSION),
-        ("unknown_channel", ~F.col("channel").isin(list(CHANNELS))),
-        ("non_positive_amount", F.col("amount") <= 0),
-        ("bad_order_ts", order_ts.isNull()),
-        (
-            "absurd_order_ts",
-            (order_ts < F.lit(EARLIEST_ORDER).cast("timestamp"))
-            | (order_ts > F.current_timestamp() + F.expr(MAX_FUTURE)),
-        ),
-        (
-            "unknown_category",
-            ~F.coalesce(F.forall(F.col("categories"), lambda c: c.isin(list(CATEGORIES))), F.lit(True)),
-        ),
-    ]
-    reason = _first_failure(checks)
-    return parsed.select(
-        "*",
-        reason.alias(REASON),
-        order_ts.alias("order_time"),
-        F.to_date(order_ts).alias("order_date"),
-        (F.col("channel") != F.lit("Offline")).alias("is_online"),
-    ).withColumn(
-        DEDUPE_KEY,
-        F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(
-            F.concat_ws(":", F.lit("invalid"), "kafka_topic", "kafka_partition", "kafka_offset")
-        ),
+    reason, detail = _first_failure(_event_checks())
+    return (
+        parsed.select(
+            "*",
+            reason.alias(REASON),
+            detail.alias(DETAIL),
+            order_ts.alias("order_time"),
+            F.to_date(order_ts).alias("order_date"),
+            (F.col("channel") != F.lit("Offline")).alias("is_online"),
+        )
+        .drop(CORRUPT_COLUMN)
+        .withColumn(
+            DEDUPE_KEY,
+            F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(
+                F.concat_ws(":", F.lit("invalid"), "kafka_topic", "kafka_partition", "kafka_offset")
+            ),
+        )
+        .withColumn(CONTENT_KEY, _content_key())
     )
+
+
+def drop_duplicate_events(events_df: DataFrame) -> DataFrame:
+    """First occurrence of each event_id, in two stateful steps so the log can tell re-sends from conflicts.
+
+    The first drops exact re-sends (same event_id, same content); the second drops what is left over
+    for an event_id, i.e. a later event that reuses an event_id with different content.
+    """
+    return events_df.dropDuplicates([DEDUPE_KEY, CONTENT_KEY]).dropDuplicates([DEDUPE_KEY])
 
 
 def quarantine_rows(events_df: DataFrame) -> DataFrame:
@@ -89,7 +195,7 @@ def quarantine_rows(events_df: DataFrame) -> DataFrame:
         F.lit("kafka").alias("source"),
         F.col("raw_value").alias("raw_record"),
         F.col(REASON).alias("reason"),
-        F.lit(None).cast("string").alias("detail"),
+        F.col(DETAIL).alias("detail"),
         "kafka_topic",
         "kafka_partition",
         "kafka_offset",

@@ -40,7 +40,7 @@ from schemas.tables import (
     STREAM_CLOCK_SCHEMA,
     conform,
 )
-from streaming.events import DEDUPE_KEY, REASON, parse_order_events, quarantine_rows, valid_orders
+from streaming.events import REASON, drop_duplicate_events, parse_order_events, quarantine_rows, valid_orders
 from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,30 @@ def rescore_and_publish(
         scored.unpersist()
 
 
+class BatchFailed(RuntimeError):
+    """A micro-batch could not be written; the message names the Kafka offsets it covered."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def offset_ranges(events: DataFrame) -> str:
+    """`topic[partition] offsets a..b` for each partition of a micro-batch, to name it in an error."""
+    try:
+        rows = (
+            events.groupBy("kafka_topic", "kafka_partition")
+            .agg(F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
+            .orderBy("kafka_topic", "kafka_partition")
+            .collect()
+        )
+    except Exception as exc:  # the source itself may be what failed
+        return f"offsets unknown: {_first_line(exc)}"
+    if not rows:
+        return "no events"
+    return ", ".join(f"{r['kafka_topic']}[{r['kafka_partition']}] offsets {r['first']}..{r['last']}" for r in rows)
+
+
 def make_batch_handler(
     lake: LakeSettings,
     settings: StreamSettings,
@@ -332,6 +356,10 @@ def make_batch_handler(
                 write_clock(spark, lake, clock, model.record.version, app, batch_id)
             memo.update(first_batch=False, clock=clock, swept=(as_of, model.record.version))
             deltas.unpersist()
+        except Exception as exc:
+            where = offset_ranges(events)
+            log.error("batch %d (%s) failed: %s", batch_id, where, exc)
+            raise BatchFailed(f"batch {batch_id} ({where}) failed: {_first_line(exc)}") from exc
         finally:
             events.unpersist()
         metrics.seconds = time.monotonic() - started
@@ -368,22 +396,24 @@ class BatchLogger(StreamingQueryListener):
             metrics = self.pending.pop(progress.batchId, None)
         if metrics is None:
             return
-        dropped = 0
-        dedupe_rows = 0
-        for op in progress.stateOperators or []:
-            dropped += int((op.customMetrics or {}).get("numDroppedDuplicateRows", 0))
-            dedupe_rows += int(op.numRowsTotal or 0)
+        dedupes = [op for op in progress.stateOperators or [] if op.operatorName == "dedupe"]
+        # drop_duplicate_events chains (event_id, content) then event_id; progress lists the outer one first.
+        conflicts = _dropped(dedupes[0]) if dedupes else 0
+        resent = sum(_dropped(op) for op in dedupes[1:])
+        ids_held = int(dedupes[0].numRowsTotal or 0) if dedupes else 0
         read = int(progress.numInputRows)
         seconds = progress.batchDuration / 1000.0 if progress.batchDuration else metrics.seconds
         log.info(
-            "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d (event ids held %d), "
-            "customers updated %d, re-scored %d, segment changes %d, model %s, clock %s, %.2fs, %.0f events/s",
+            "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d, conflicting duplicates "
+            "dropped %d (event ids held %d), customers updated %d, re-scored %d, segment changes %d, model %s, "
+            "clock %s, %.2fs, %.0f events/s",
             metrics.batch_id,
             read,
             metrics.valid,
             metrics.quarantined,
-            dropped,
-            dedupe_rows,
+            resent,
+            conflicts,
+            ids_held,
             metrics.customers_updated,
             metrics.rescored,
             metrics.changes,
@@ -392,6 +422,10 @@ class BatchLogger(StreamingQueryListener):
             seconds,
             read / seconds if seconds else 0.0,
         )
+
+
+def _dropped(operator: Any) -> int:
+    return int((operator.customMetrics or {}).get("numDroppedDuplicateRows", 0))
 
 
 def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
@@ -407,7 +441,7 @@ def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
         reader = reader.option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
     for key, value in settings.kafka_options.items():
         reader = reader.option(key, value)
-    return parse_order_events(reader.load()).dropDuplicates([DEDUPE_KEY])
+    return drop_duplicate_events(parse_order_events(reader.load()))
 
 
 def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:

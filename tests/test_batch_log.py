@@ -16,18 +16,21 @@ def _progress(batch_id: int, operators: list[SimpleNamespace]) -> SimpleNamespac
     )
 
 
-def test_batch_line_reports_duplicates_and_the_event_ids_held(caplog: pytest.LogCaptureFixture) -> None:
+def test_batch_line_tells_re_sends_from_conflicting_duplicates(caplog: pytest.LogCaptureFixture) -> None:
     logger = BatchLogger()
     logger.record(BatchMetrics(batch_id=7, valid=990, quarantined=4, customers_updated=800, model_version="v1"))
+    # As drop_duplicate_events lists them: the event_id step (conflicts), then the (event_id, content) step.
     operators = [
-        SimpleNamespace(customMetrics={"numDroppedDuplicateRows": 6}, numRowsTotal=120_000),
-        SimpleNamespace(customMetrics={}, numRowsTotal=5),
+        SimpleNamespace(operatorName="dedupe", customMetrics={"numDroppedDuplicateRows": 2}, numRowsTotal=120_000),
+        SimpleNamespace(operatorName="dedupe", customMetrics={"numDroppedDuplicateRows": 6}, numRowsTotal=120_050),
+        SimpleNamespace(operatorName="stateStoreSave", customMetrics={"numDroppedDuplicateRows": 99}, numRowsTotal=5),
     ]
     with caplog.at_level(logging.INFO, logger="streaming.job"):
         logger.onQueryProgress(_progress(7, operators))
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith(
-        "batch 7: events in 1000, valid 990, quarantined 4, duplicates dropped 6 (event ids held 120005)"
+        "batch 7: events in 1000, valid 990, quarantined 4, duplicates dropped 6, conflicting duplicates dropped 2 "
+        "(event ids held 120000)"
     )
     assert "customers updated 800" in line
     assert line.endswith("2.00s, 500 events/s")
