@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.features import CLUSTER_FEATURES, with_customer_features
-from batch.lake import append_table, overwrite_table, read_table
+from batch.lake import append_table, overwrite_table, read_table, table_exists
 from batch.load import read_history
 from batch.model import best_k, feature_caps, fit_pipeline, score_clusters, select_k
 from batch.registry import ModelRecord, artifact_path, new_version, publish_model
@@ -37,6 +38,7 @@ from schemas.tables import (
     CUSTOMER_STATE_SCHEMA,
     QUARANTINE,
     SEGMENT_PROFILES,
+    STREAM_CLOCK,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,42 @@ def quarantine_rows(validated_df: DataFrame, source: str) -> DataFrame:
     )
 
 
+class StreamedStateWouldBeLost(ValueError):
+    """`train --history` would replace a customer_state the stream has added orders to."""
+
+
+def streamed_into(spark: SparkSession, lake: LakeSettings) -> str | None:
+    """How the stream has changed this lake's customer_state, or None if it never has."""
+    if not table_exists(spark, lake, CUSTOMER_STATE):
+        return None
+    history = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history().select("operation")
+    merges = history.where(F.col("operation") == "MERGE").count()
+    if merges:
+        return f"{merges} stream MERGE commit(s)"
+    if table_exists(spark, lake, STREAM_CLOCK):
+        return "a stream clock (the stream has run on it)"
+    return None
+
+
+def guard_streamed_state(spark: SparkSession, lake: LakeSettings, history_path: str, replace_state: bool) -> None:
+    """Refuse to rebuild customer_state from a CSV over orders only the stream knows, unless told to."""
+    streamed = streamed_into(spark, lake)
+    if streamed is None:
+        return
+    if not replace_state:
+        raise StreamedStateWouldBeLost(
+            f"customer_state under {lake.root} holds orders the stream added ({streamed}); `train --history "
+            f"{history_path}` would discard them. Retrain on the lake with `train --from-lake`, or pass "
+            "--replace-state to deliberately reset the state to the CSV"
+        )
+    log.warning(
+        "--replace-state: customer_state is rebuilt from %s, discarding what the stream added (%s). The stream's "
+        "checkpoint still holds those events as seen: start the stream on a new --checkpoint to apply events again",
+        history_path,
+        streamed,
+    )
+
+
 def sample_for_selection(features_df: DataFrame, rows: int, size: int, seed: int) -> DataFrame:
     """A seeded sample of about `size` customers for k selection (all of them when fewer)."""
     if rows <= size:
@@ -102,13 +140,19 @@ def run_train(
     *,
     history_path: str | None,
     as_of: dt.date | None = None,
+    replace_state: bool = False,
 ) -> TrainSummary:
-    """Train a new model version, publish it, and rewrite segments, profiles and campaign lists."""
+    """Train a new model version, publish it, and rewrite segments, profiles and campaign lists.
+
+    From a history CSV, customer_state is rebuilt from it: refused when the stream has added to it,
+    unless `replace_state`.
+    """
     summary = TrainSummary()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     if history_path is not None:
+        guard_streamed_state(spark, lake, history_path, replace_state)
         with step(f"reading and validating {history_path}"):
-            validated = validate_history(read_history(spark, history_path)).cache()
+            validated = validate_history(read_history(spark, history_path), latest_date=as_of).cache()
             counts = {r[REASON]: r["count"] for r in validated.groupBy(REASON).count().collect()}
             summary.rows_read = sum(counts.values())
             summary.rows_kept = counts.pop(None, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -9,8 +11,14 @@ from schemas.history import (
     CATEGORIES,
     CHANNELS,
     CORRUPT_RECORD_COLUMN,
+    EARLIEST_DATE,
     HISTORY_COLUMN_NAMES,
+    IDENTIFIER_PATTERN,
+    MAX_CUSTOMER_VALUE,
+    MAX_FIELD_CHARS,
+    MAX_ORDERS_PER_CHANNEL,
     columns_of_kind,
+    spark_regex,
 )
 
 ROW_ORDER = "row_order"
@@ -20,8 +28,11 @@ DETAIL = "detail"
 # One reason per row, the first that applies, so counts by reason add up to the rows quarantined.
 REASONS: tuple[str, ...] = (
     "malformed_row",
+    "oversized_field",
     "missing_master_id",
+    "bad_master_id",
     "bad_date",
+    "date_out_of_range",
     "bad_number",
     "no_orders",
     "last_before_first",
@@ -30,7 +41,11 @@ REASONS: tuple[str, ...] = (
     "duplicate_master_id",
 )
 
-_CATEGORY_LIST = r"^\[\s*([A-Za-z]+(\s*,\s*[A-Za-z]+)*)?\s*\]$"
+# Character classes only: a nested repeated group makes Java's regex engine recurse once per character.
+_CATEGORY_TEXT = r"^\[[A-Za-z\s,]*\]$"
+_CATEGORY_ITEM = r"^[A-Za-z]+$"
+# The quarantine keeps this much of a rejected row's raw record.
+MAX_RAW_RECORD_CHARS = 65_536
 _DATE_TEXT = r"^\d{4}-\d{2}-\d{2}$"
 _NUMBER_TEXT = r"^\s*-?\d+(\.\d+)?\s*$"
 
@@ -47,26 +62,35 @@ def parse_number(raw_col: Column) -> Column:
 
 
 def parse_categories(raw_col: Column) -> Column:
-    """`[A, B]` into an upper-case array; null when the text is not a list."""
+    """`[A, B]` into an upper-case array; null when the text is not a list of words."""
     text = F.trim(raw_col)
-    inner = F.regexp_replace(text, r"^\[|\]$", "")
-    items = F.filter(F.transform(F.split(inner, ","), lambda x: F.upper(F.trim(x))), lambda x: x != "")
-    return F.when(text.rlike(_CATEGORY_LIST), F.array_distinct(items))
+    inner = F.trim(F.regexp_replace(text, r"^\[|\]$", ""))
+    items = F.transform(F.split(inner, ","), lambda x: F.upper(F.trim(x)))
+    is_list = text.rlike(_CATEGORY_TEXT) & ((inner == "") | F.forall(items, lambda x: x.rlike(_CATEGORY_ITEM)))
+    return F.when(is_list, F.array_distinct(F.filter(items, lambda x: x != "")))
+
+
+def _is_oversized(raw_col: Column) -> Column:
+    return F.coalesce(F.length(raw_col) > MAX_FIELD_CHARS, F.lit(False))
 
 
 def with_parsed_history(raw_df: DataFrame) -> DataFrame:
-    """Typed history columns beside the raw ones (`raw_<name>`), nothing dropped yet."""
+    """Typed history columns beside the raw ones (`raw_<name>`), nothing dropped yet.
+
+    An oversized field is never parsed (it is quarantined): a regex over megabytes can exhaust the stack.
+    """
     df = raw_df
     for name in HISTORY_COLUMN_NAMES:
         df = df.withColumn(f"raw_{name}", F.col(name))
-    df = df.withColumn("master_id", F.nullif(F.trim(F.col("raw_master_id")), F.lit("")))
+        df = df.withColumn(name, F.when(~_is_oversized(F.col(name)), F.col(name)))
+    df = df.withColumn("master_id", F.nullif(F.trim(F.col("master_id")), F.lit("")))
     for name in columns_of_kind("channel"):
-        df = df.withColumn(name, F.trim(F.col(f"raw_{name}")))
+        df = df.withColumn(name, F.trim(F.col(name)))
     for name in columns_of_kind("date"):
-        df = df.withColumn(name, parse_date(F.col(f"raw_{name}")))
+        df = df.withColumn(name, parse_date(F.col(name)))
     for name in columns_of_kind("count") + columns_of_kind("amount"):
-        df = df.withColumn(name, parse_number(F.col(f"raw_{name}")))
-    return df.withColumn("interested_in_categories_12", parse_categories(F.col("raw_interested_in_categories_12")))
+        df = df.withColumn(name, parse_number(F.col(name)))
+    return df.withColumn("interested_in_categories_12", parse_categories(F.col("interested_in_categories_12")))
 
 
 def _any(cols: list[Column]) -> Column:
@@ -76,9 +100,26 @@ def _any(cols: list[Column]) -> Column:
     return out
 
 
-def _rejection_checks() -> list[tuple[str, Column, Column]]:
+def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
     """(reason, failed?, detail) in priority order; each check may assume the earlier ones passed."""
     counts, amounts = columns_of_kind("count"), columns_of_kind("amount")
+    dates = columns_of_kind("date")
+    oversized = F.filter(
+        F.array(*[F.when(_is_oversized(F.col(f"raw_{n}")), F.lit(n)) for n in HISTORY_COLUMN_NAMES]),
+        lambda n: n.isNotNull(),
+    )
+    earliest = F.lit(EARLIEST_DATE).cast("date")
+    out_of_range = F.filter(
+        F.array(
+            *[
+                F.when(
+                    (F.col(d) < earliest) | (F.col(d) > latest_date), F.concat(F.lit(f"{d} "), F.col(d).cast("string"))
+                )
+                for d in dates
+            ]
+        ),
+        lambda x: x.isNotNull(),
+    )
     dates_required = ("first_order_date", "last_order_date")
     channel_dates = {
         "last_order_date_online": "order_num_total_ever_online",
@@ -90,14 +131,44 @@ def _rejection_checks() -> list[tuple[str, Column, Column]]:
         F.col(d).isNull() & (F.col(f"raw_{d}").isNotNull() | (F.coalesce(F.col(c), F.lit(1.0)) > 0))
         for d, c in channel_dates.items()
     ]
-    bad_number_checks = [F.col(c).isNull() | (F.col(c) < 0) | (F.col(c) != F.floor(F.col(c))) for c in counts]
-    bad_number_checks += [F.col(a).isNull() | (F.col(a) < 0) for a in amounts]
+    bad_number_checks = [
+        F.col(c).isNull() | (F.col(c) < 0) | (F.col(c) > MAX_ORDERS_PER_CHANNEL) | (F.col(c) != F.floor(F.col(c)))
+        for c in counts
+    ]
+    bad_number_checks += [F.col(a).isNull() | (F.col(a) < 0) | (F.col(a) > MAX_CUSTOMER_VALUE) for a in amounts]
     category_ok = F.forall(F.col("interested_in_categories_12"), lambda x: x.isin(list(CATEGORIES)))
     return [
         ("malformed_row", F.col(CORRUPT_RECORD_COLUMN).isNotNull(), F.lit("column count or quoting")),
+        (
+            "oversized_field",
+            F.size(oversized) > 0,
+            F.concat(F.lit(f"longer than {MAX_FIELD_CHARS} characters: "), F.array_join(oversized, ", ")),
+        ),
         ("missing_master_id", F.col("master_id").isNull(), F.lit(None)),
+        (
+            "bad_master_id",
+            ~F.col("master_id").rlike(spark_regex(IDENTIFIER_PATTERN)),
+            F.concat(F.lit("not a plain identifier: "), F.to_json(F.array("master_id"))),
+        ),
         ("bad_date", _any(bad_date_checks), F.lit("missing or not yyyy-MM-dd")),
-        ("bad_number", _any(bad_number_checks), F.lit("count or value missing, non-numeric or negative")),
+        (
+            "date_out_of_range",
+            F.size(out_of_range) > 0,
+            F.concat(
+                F.lit(f"before {EARLIEST_DATE} or after "),
+                latest_date.cast("string"),
+                F.lit(": "),
+                F.array_join(out_of_range, ", "),
+            ),
+        ),
+        (
+            "bad_number",
+            _any(bad_number_checks),
+            F.lit(
+                f"count or value missing, non-numeric or negative, or over {MAX_ORDERS_PER_CHANNEL} orders "
+                f"or {MAX_CUSTOMER_VALUE:.0f} in value"
+            ),
+        ),
         ("no_orders", (F.col(counts[0]) + F.col(counts[1])) <= 0, F.lit("online + offline orders = 0")),
         (
             "last_before_first",
@@ -117,11 +188,11 @@ def _rejection_checks() -> list[tuple[str, Column, Column]]:
     ]
 
 
-def with_rejection_reason(parsed_df: DataFrame) -> DataFrame:
+def with_rejection_reason(parsed_df: DataFrame, latest_date: Column) -> DataFrame:
     """`reason`/`detail` set to the first failed check, null for a trustworthy row."""
     reason: Column = F.lit(None).cast("string")
     detail: Column = F.lit(None).cast("string")
-    for name, failed, why in reversed(_rejection_checks()):
+    for name, failed, why in reversed(_rejection_checks(latest_date)):
         reason = F.when(F.coalesce(failed, F.lit(True)), F.lit(name)).otherwise(reason)
         detail = F.when(F.coalesce(failed, F.lit(True)), why.cast("string")).otherwise(detail)
     return parsed_df.withColumn(REASON, reason).withColumn(DETAIL, detail)
@@ -152,12 +223,29 @@ def with_duplicates_flagged(df: DataFrame) -> DataFrame:
     )
 
 
-def validate_history(raw_df: DataFrame) -> DataFrame:
-    """Parsed history with `reason` null for kept rows; duplicates of a kept customer are rejected."""
-    return raw_df.transform(with_parsed_history).transform(with_rejection_reason).transform(with_duplicates_flagged)
+def validate_history(raw_df: DataFrame, *, latest_date: dt.date | None = None) -> DataFrame:
+    """Parsed history with `reason` null for kept rows; duplicates of a kept customer are rejected.
+
+    A date after `latest_date` (the analysis date; default the day of the run) cannot be history.
+    """
+    latest = F.current_date() if latest_date is None else F.lit(latest_date)
+    return (
+        raw_df.transform(with_parsed_history)
+        .transform(with_rejection_reason, latest)
+        .transform(with_duplicates_flagged)
+    )
 
 
 def raw_record() -> Column:
     """The row as it came in: the unparsed line for malformed rows, else its raw fields as JSON."""
     fields = F.struct(*[F.col(f"raw_{n}").alias(n) for n in HISTORY_COLUMN_NAMES])
-    return F.coalesce(F.col(CORRUPT_RECORD_COLUMN), F.to_json(fields))
+    record = F.coalesce(F.col(CORRUPT_RECORD_COLUMN), F.to_json(fields))
+    return F.when(
+        F.length(record) > MAX_RAW_RECORD_CHARS,
+        F.concat(
+            F.substring(record, 1, MAX_RAW_RECORD_CHARS),
+            F.lit("…[cut; "),
+            F.length(record).cast("string"),
+            F.lit(" characters in all]"),
+        ),
+    ).otherwise(record)

@@ -51,7 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", help="customer history CSV (the 12 FLO columns)")
     source.add_argument("--from-lake", action="store_true", help="retrain on the lake's current customer_state")
-    train.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
+    train.add_argument(
+        "--as-of",
+        type=_date,
+        help="analysis date (default: latest last order + 2 days); history dated after it is quarantined",
+    )
+    train.add_argument(
+        "--replace-state",
+        action="store_true",
+        help="with --history: rebuild customer_state from the CSV even if the stream has added orders to it "
+        "(they are discarded; start the stream on a new checkpoint afterwards)",
+    )
     train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default="kmeans")
     train.add_argument("--k", type=int, help="force the number of segments instead of choosing by silhouette")
     train.add_argument("--k-min", type=int, default=2, help="smallest k tried (default 2)")
@@ -79,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the HTML + Markdown report with plots")
     report.add_argument("--out", default="reports", help="output folder (default ./reports)")
 
-    query = sub.add_parser("query", help="run Spark SQL over the lake's tables (registered by name)")
+    query = sub.add_parser("query", help="run read-only Spark SQL over the lake's tables (registered by name)")
     query.add_argument("sql", help='e.g. "SELECT segment, count(*) FROM customer_segments GROUP BY segment"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)")
@@ -182,10 +192,15 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 
 def _lake(args: argparse.Namespace) -> LakeSettings:
+    """The lake from --lake or the environment; a local path that is a file is refused before any work."""
     if args.lake and "://" not in args.lake:
         # Executors resolve relative paths against their own working directory: pass absolute ones.
-        return LakeSettings(root=str(Path(args.lake).resolve()))
-    return LakeSettings(root=args.lake or default_lake())
+        lake = LakeSettings(root=str(Path(args.lake).resolve()))
+    else:
+        lake = LakeSettings(root=args.lake or default_lake())
+    if "://" not in lake.root and Path(lake.root).exists() and not Path(lake.root).is_dir():
+        raise NotADirectoryError(f"lake {lake.root} is a file, not a folder; pass --lake DIR (or set FLO_LAKE)")
+    return lake
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -211,6 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from batch.train import run_train
     from flo_seg.spark import build_session
 
+    if args.replace_state and not args.history:
+        raise SystemExit("flo-seg train: --replace-state goes with --history")
+    lake = _lake(args)
     settings = TrainSettings(
         algorithm=args.algorithm,
         k=args.k,
@@ -224,8 +242,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if settings.k is not None and not 2 <= settings.k <= len(ARCHETYPES):
         raise SystemExit(f"flo-seg train: --k must be between 2 and {len(ARCHETYPES)}")
     spark = build_session(default_spark_settings("flo-seg-train"))
-    lake = _lake(args)
-    summary = run_train(spark, lake, settings, history_path=args.history, as_of=args.as_of)
+    summary = run_train(
+        spark, lake, settings, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
+    )
     if args.history:
         print(
             f"rows read {summary.rows_read}, kept {summary.rows_kept}, quarantined {sum(summary.quarantined.values())}"
@@ -375,8 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("py4j", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.command != "generate":
+            _lake(args)  # a lake that cannot be one is refused before a Spark session starts
         return COMMANDS[args.command](args)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, LookupError, ValueError) as exc:
         print(f"flo-seg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

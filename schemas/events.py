@@ -9,16 +9,14 @@ from typing import Any
 
 from pyspark.sql import types as T
 
-from schemas.history import CATEGORIES, CHANNELS
+from schemas.history import CATEGORIES, CHANNELS, EARLIEST_DATE, IDENTIFIER_PATTERN
 
 SCHEMA_VERSION = 1
 JSON_SCHEMA_PATH = Path(__file__).with_name("order_event.schema.json")
 
 # The valid ranges, stated once: the stream quarantines what falls outside, the JSON Schema says the same.
 MAX_ORDER_AMOUNT = 1_000_000.0
-EARLIEST_ORDER = "2000-01-01"
-# event_id and master_id are plain identifiers: no spaces, quotes or control characters.
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+EARLIEST_ORDER = EARLIEST_DATE
 # RFC 3339 date-time: seconds and an offset (Z or +hh:mm) are required, so an order's instant is never a guess.
 ORDER_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
@@ -86,11 +84,6 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         description="Contract version.",
     ),
 )
-
-
-def spark_regex(pattern: str) -> str:
-    """A JSON Schema pattern for Spark's `rlike`: Java's `$` also matches before a final newline, `\\z` does not."""
-    return pattern[:-1] + r"\z" if pattern.endswith("$") else pattern
 
 
 def event_spark_schema() -> T.StructType:

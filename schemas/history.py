@@ -10,6 +10,19 @@ CHANNELS: tuple[str, ...] = ("Android App", "Ios App", "Desktop", "Mobile", "Off
 ONLINE_CHANNELS: tuple[str, ...] = ("Android App", "Ios App", "Desktop", "Mobile")
 CATEGORIES: tuple[str, ...] = ("KADIN", "ERKEK", "COCUK", "AKTIFSPOR", "AKTIFCOCUK")
 
+# The valid ranges of a history row, stated once (README, validation and the stream's state all follow them).
+EARLIEST_DATE = "2000-01-01"
+MAX_ORDERS_PER_CHANNEL = 100_000
+MAX_CUSTOMER_VALUE = 1_000_000_000.0
+# Customer (and event) ids are plain identifiers: no spaces, quotes, newlines or control characters.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# No FLO value is longer; a longer field is refused before any parsing looks at it.
+MAX_FIELD_CHARS = 1_000
+# A header or row with more fields than this cannot be the 12 FLO columns (the CSV parser's own cap is higher).
+MAX_HEADER_COLUMNS = 1_000
+# Fields per record the CSV parser accepts; a record with more is quarantined, not a failed job.
+MAX_PARSED_COLUMNS = 1_000_000
+
 
 @dataclass(frozen=True, kw_only=True)
 class HistoryColumn:
@@ -45,6 +58,11 @@ _SPARK_TYPES: dict[str, T.DataType] = {
     "amount": T.DoubleType(),
     "categories": T.ArrayType(T.StringType()),
 }
+
+
+def spark_regex(pattern: str) -> str:
+    """A JSON Schema pattern for Spark's `rlike`: Java's `$` also matches before a final newline, `\\z` does not."""
+    return pattern[:-1] + r"\z" if pattern.endswith("$") else pattern
 
 
 def columns_of_kind(kind: str) -> tuple[str, ...]:

@@ -7,14 +7,12 @@ from pyspark.sql import functions as F
 
 from schemas.events import (
     EARLIEST_ORDER,
-    IDENTIFIER_PATTERN,
     MAX_ORDER_AMOUNT,
     ORDER_TS_PATTERN,
     SCHEMA_VERSION,
     event_spark_schema,
-    spark_regex,
 )
-from schemas.history import CATEGORIES, CHANNELS
+from schemas.history import CATEGORIES, CHANNELS, IDENTIFIER_PATTERN, spark_regex
 
 REASON = "reason"
 DETAIL = "detail"

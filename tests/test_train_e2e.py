@@ -174,3 +174,76 @@ def test_cli_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
         assert f"usage: flo-seg {command}" in capsys.readouterr().out
+
+
+def _stream_one_order(spark: SparkSession, lake: LakeSettings, master_id: str) -> None:
+    """One order applied through the stream's own MERGE, as `flo-seg stream` does."""
+    from streaming.events import parse_order_events, valid_orders
+    from streaming.job import merge_state
+    from streaming.state import customer_order_deltas
+
+    event = {
+        "event_id": "streamed-1",
+        "master_id": master_id,
+        "order_ts": "2021-06-01T10:15:00+03:00",
+        "channel": "Offline",
+        "amount": 10.5,
+        "schema_version": 1,
+    }
+    kafka = spark.createDataFrame(
+        [(master_id.encode(), json.dumps(event).encode(), "orders", 0, 0)],
+        "key binary, value binary, topic string, partition int, offset long",
+    )
+    merge_state(spark, lake, customer_order_deltas(valid_orders(parse_order_events(kafka))), "test-app", 0)
+
+
+def test_train_from_history_refuses_to_discard_what_the_stream_added(
+    spark: SparkSession, history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))
+    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))  # nothing streamed yet: fine
+    new_customer = "streamed-new-customer"
+    _stream_one_order(spark, lake, new_customer)
+    streamed_count = read_table(spark, lake, "customer_state").count()
+
+    code = cli.main(["--lake", lake.root, "train", "--history", str(history), "--k", "3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "holds orders the stream added (1 stream MERGE commit(s))" in err and "--from-lake" in err
+    assert "\n" not in err and "--replace-state" in err
+    state = read_table(spark, lake, "customer_state")
+    assert state.count() == streamed_count == CUSTOMERS + 1
+    assert state.where(F.col("master_id") == new_customer).count() == 1
+
+    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None)  # --from-lake keeps it
+    assert read_table(spark, lake, "customer_segments").where(F.col("master_id") == new_customer).count() == 1
+
+    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history), replace_state=True)
+    assert read_table(spark, lake, "customer_state").where(F.col("master_id") == new_customer).count() == 0
+
+
+def test_cli_refuses_a_lake_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_lake = tmp_path / "lake.txt"
+    not_a_lake.write_text("hello\n")
+    for command in (["query", "SELECT 1"], ["train", "--from-lake"], ["rescore"], ["stream"]):
+        assert cli.main(["--lake", str(not_a_lake), *command]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err
+            == f"flo-seg {command[0]}: error: lake {not_a_lake} is a file, not a folder; pass --lake DIR (or set FLO_LAKE)"
+        )
+    assert not_a_lake.read_text() == "hello\n"
+
+
+def test_cli_train_on_a_hostile_file_quarantines_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_validate import HEADER, hostile_lines
+
+    path = tmp_path / "hostile.csv"
+    path.write_text(HEADER + "\n" + "\n".join(hostile_lines()) + "\n")
+    assert cli.main(["--lake", str(tmp_path / "lake"), "train", "--history", str(path), "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rows read 15, kept 5, quarantined 10" in out
+    assert "quarantined date_out_of_range: 2" in out and "quarantined oversized_field: 1" in out

@@ -119,3 +119,89 @@ def test_columns_are_matched_by_name_not_position(spark: SparkSession, tmp_path:
     row = validate_history(read_history(spark, path)).first()
     assert row is not None
     assert (row["master_id"], row[REASON], row["order_num_total_ever_online"]) == ("rev", None, 4.0)
+
+
+# ----------------------------------------------------------------------------- hostile files
+def hostile_lines() -> list[str]:
+    """Good rows around rows that used to kill the job or make fake customers."""
+    lines = [GOOD.format(id=f"ok{i}", cats="[KADIN]") for i in range(5)]
+    lines += [
+        "future,Android App,Offline,2020-10-30,2099-01-01,2021-02-21,2099-01-01,4.0,1.0,139.99,799.38,[KADIN]",
+        "ancient,Android App,Offline,1970-01-01,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
+        GOOD.format(id="huge_field", cats='"[' + "KADIN," * 900_000 + 'KADIN]"'),
+        "wide," + ",".join(["x"] * 30_000),
+        GOOD.format(id='"line1\nline2"', cats="[KADIN]"),
+        GOOD.format(id='"has space"', cats="[KADIN]"),
+        GOOD.format(id='"quo\'te"', cats="[KADIN]"),
+        "many_orders,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4000000.0,1.0,139.99,799.38,[KADIN]",
+        "rich,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,1e308,[KADIN]",
+        "richer,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,99999999999999,[KADIN]",
+    ]
+    return lines
+
+
+def test_hostile_rows_are_quarantined_and_the_others_kept(spark: SparkSession, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, hostile_lines())
+    rows = validate_history(read_history(spark, path)).select("raw_master_id", REASON, "detail").collect()
+    got = {r["raw_master_id"]: r[REASON] for r in rows}
+    assert len(rows) == 15  # one record per CSV record: the quoted newline does not split a row
+    assert got == {
+        **{f"ok{i}": None for i in range(5)},
+        "future": "date_out_of_range",
+        "ancient": "date_out_of_range",
+        "huge_field": "oversized_field",
+        "wide": "malformed_row",
+        "line1\nline2": "bad_master_id",
+        "has space": "bad_master_id",
+        "quo'te": "bad_master_id",
+        "many_orders": "bad_number",
+        "rich": "bad_number",
+        "richer": "bad_number",
+    }
+    details = {r["raw_master_id"]: r["detail"] for r in rows}
+    assert details["future"].startswith(f"before 2000-01-01 or after {dt.date.today()}: ")
+    assert "last_order_date 2099-01-01" in details["future"]
+    assert details["huge_field"] == "longer than 1000 characters: interested_in_categories_12"
+
+
+def test_a_date_after_the_analysis_date_is_quarantined(spark: SparkSession, tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path,
+        [
+            GOOD.format(id="before", cats="[KADIN]"),
+            GOOD.format(id="x", cats="[KADIN]").replace("2021-02-26", "2021-03-26"),
+        ],
+    )
+    rows = validate_history(read_history(spark, path), latest_date=dt.date(2021, 3, 1)).collect()
+    assert {r["raw_master_id"]: r[REASON] for r in rows} == {"before": None, "x": "date_out_of_range"}
+    assert next(r["detail"] for r in rows if r[REASON]) == (
+        "before 2000-01-01 or after 2021-03-01: last_order_date 2021-03-26, last_order_date_offline 2021-03-26"
+    )
+
+
+def test_a_quarantined_raw_record_is_cut_to_a_bounded_size(spark: SparkSession, tmp_path: Path) -> None:
+    from batch.validate import MAX_RAW_RECORD_CHARS, raw_record
+
+    path = write_csv(tmp_path, [GOOD.format(id="huge", cats='"[' + "KADIN," * 100_000 + 'KADIN]"')])
+    record = validate_history(read_history(spark, path)).select(raw_record()).first()[0]  # type: ignore[index]
+    assert len(record) < MAX_RAW_RECORD_CHARS + 100
+    assert record.endswith(" characters in all]")
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (HEADER.replace(",", ";"), "looks semicolon-separated"),
+        (HEADER + ",master_id", r"names column\(s\) more than once: master_id"),
+        ("x" * 200_000, "lacks required column"),
+        (HEADER + "," + ",".join(f"c{i}" for i in range(5_000)), "header of 5012 columns"),
+        ('"' + "x" * 200_000, "cannot be read as CSV|lacks required"),
+    ],
+)
+def test_an_unusable_header_is_refused_in_one_line(
+    spark: SparkSession, tmp_path: Path, header: str, message: str
+) -> None:
+    path = write_csv(tmp_path, [GOOD.format(id="a", cats="[KADIN]")], header=header)
+    with pytest.raises(HistoryFileError, match=message) as refused:
+        read_history(spark, path)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 2_000
