@@ -12,6 +12,7 @@ from pyspark.sql import SparkSession
 
 from flo_seg.settings import LakeSettings
 from streaming.job import BatchLogger, StreamSettings, start_stream
+from streaming.lease import checkpoint_lease
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +44,36 @@ def run_stream(
     spark: SparkSession, lake: LakeSettings, settings: StreamSettings, *, duration_s: float | None = None
 ) -> int:
     """Run until stopped (signal), finished (available-now) or `duration_s` elapsed; returns an exit code."""
-    query = start_stream(spark, lake, settings, BatchLogger())
     stopping = {"signal": False}
+    lost: list[str] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping the stream after the current micro-batch", signum)
         stopping["signal"] = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    deadline = None if duration_s is None else time.monotonic() + duration_s
-    try:
-        while query.isActive and not stopping["signal"]:
-            if deadline is not None and time.monotonic() >= deadline:
-                log.info("duration reached: stopping the stream")
-                break
-            query.awaitTermination(timeout=1)
-    finally:
-        if query.isActive:
-            query.stop()
+    # The lease is taken before the query starts (CheckpointInUse when another stream holds the
+    # checkpoint) and released only after the query has stopped.
+    with checkpoint_lease(spark, settings.checkpoint, on_lost=lost.append):
+        # From here on a signal must stop the query and release the lease, never kill the process.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
+        query = start_stream(spark, lake, settings, BatchLogger())
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while query.isActive and not stopping["signal"] and not lost:
+                if deadline is not None and time.monotonic() >= deadline:
+                    log.info("duration reached: stopping the stream")
+                    break
+                query.awaitTermination(timeout=1)
+        finally:
+            if query.isActive:
+                query.stop()
     error = query.exception()
     if error is not None:
         log.error("stream failed: %s", error)
+        return 1
+    if lost:
+        log.error("stream stopped: %s", lost[0])
         return 1
     log.info("stream stopped")
     return 0
