@@ -69,10 +69,11 @@ def check_header(header: list[str], path: str) -> None:
         )
 
 
-def read_history(spark: SparkSession, path: str) -> DataFrame:
+def read_history(spark: SparkSession, path: str, *, multi_line: bool = True) -> DataFrame:
     """Raw history rows as strings in file order (`row_order`), malformed lines kept for quarantine.
 
-    Quoted values may hold newlines, as CSV allows (multiLine: each file is parsed by one task). A record
+    Quoted values may hold newlines, as CSV allows (multiLine: each file is parsed by one task;
+    `multi_line=False` splits files but cuts such a record in two, for benchmarks/history_parse.py). A record
     with more fields than the parser holds would abort the job; the cap is set far above any real row.
     """
     header = read_header(spark, path)
@@ -83,7 +84,7 @@ def read_history(spark: SparkSession, path: str) -> DataFrame:
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN)
         .option("enforceSchema", True)
-        .option("multiLine", True)
+        .option("multiLine", multi_line)
         .option("maxColumns", MAX_PARSED_COLUMNS)
         .csv(path)
     )
