@@ -5,15 +5,60 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from kafka import KafkaProducer
+from pyspark.sql import SparkSession
+
+from batch.generate import write_history_csv
+from batch.train import run_train
+from flo_seg.settings import LakeSettings, TrainSettings
+from flo_seg.stack import TopicSpec, ensure_topics
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))
+
+
+def fresh_topics(bootstrap: str) -> tuple[str, str]:
+    """New order and change topics (2 partitions each) that no other test writes to."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = (f"test.orders.{suffix}", f"test.changes.{suffix}")
+    ensure_topics(bootstrap, [TopicSpec(name=t, partitions=2) for t in topics])
+    return topics
+
+
+def stream_command(lake_root: str, checkpoint: Path, topics: tuple[str, str], bootstrap: str, *flags: str) -> list[str]:
+    """The `flo-seg stream` command line a user would run, on the given lake, checkpoint and topics."""
+    return [
+        sys.executable,
+        "-m",
+        "flo_seg.cli",
+        "--lake",
+        lake_root,
+        "stream",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic",
+        topics[0],
+        "--changes-topic",
+        topics[1],
+        "--checkpoint",
+        str(checkpoint),
+        *flags,
+    ]
+
+
+def train_small_lake(root: Path, spark: SparkSession, customers: int = 600, seed: int = 5) -> Path:
+    """`root/lake` trained on generated customers, k fixed to 3 to keep it quick: where stream tests start."""
+    history = root / "history.csv"
+    write_history_csv(history, customers=customers, seed=seed)
+    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
+    return root / "lake"
 
 
 @dataclass

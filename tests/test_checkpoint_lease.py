@@ -14,20 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import make_events, send
+from streaming_support import fresh_topics, make_events, send, stream_command, train_small_lake
 
-from batch.generate import write_history_csv
 from batch.lake import read_table
-from batch.train import run_train
-from flo_seg.settings import LakeSettings, TrainSettings
-from flo_seg.stack import TopicSpec, ensure_topics
+from flo_seg.settings import LakeSettings
 from streaming.lease import (
     LEASE_FILE,
     CheckpointInUse,
@@ -329,39 +325,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lake trained on 600 generated customers (k fixed to keep it quick)."""
     root = tmp_path_factory.mktemp("trained")
-    history = root / "history.csv"
-    write_history_csv(history, customers=600, seed=5)
-    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
-    return root / "lake"
+    return train_small_lake(root, spark)
 
 
-def fresh_topics(bootstrap: str) -> tuple[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    topics = (f"test.orders.{suffix}", f"test.changes.{suffix}")
-    ensure_topics(bootstrap, [TopicSpec(name=t, partitions=2) for t in topics])
-    return topics
-
-
-def stream_command(
+def lease_stream_command(
     lake: Path, checkpoint: Path, topics: tuple[str, str], bootstrap: str, *, available_now: bool
 ) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "flo_seg.cli",
-        "--lake",
-        str(lake),
-        "stream",
-        *(["--available-now"] if available_now else ["--trigger-seconds", "1"]),
-        "--bootstrap-servers",
-        bootstrap,
-        "--topic",
-        topics[0],
-        "--changes-topic",
-        topics[1],
-        "--checkpoint",
-        str(checkpoint),
-    ]
+    flags = ["--available-now"] if available_now else ["--trigger-seconds", "1"]
+    return stream_command(str(lake), checkpoint, topics, bootstrap, *flags)
 
 
 def start_stream_process(command: list[str], log_path: Path) -> subprocess.Popen[str]:
@@ -399,27 +370,55 @@ def stop_process_group(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=60)
 
 
+@dataclasses.dataclass
+class RunningStream:
+    """A `flo-seg stream` process on a copy of the trained lake, past its first committed batch."""
+
+    lake: Path
+    checkpoint: Path
+    topics: tuple[str, str]
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+
+def start_first_stream(
+    spark: SparkSession, trained_lake: Path, bootstrap: str, tmp_path: Path, seed: int
+) -> RunningStream:
+    lake, checkpoint = tmp_path / "lake", tmp_path / "checkpoint"
+    shutil.copytree(trained_lake, lake)
+    topics = fresh_topics(bootstrap)
+    send(bootstrap, topics[0], orders_for(spark, lake, 40, seed=seed))
+    log_path = tmp_path / "first.log"
+    proc = start_stream_process(
+        lease_stream_command(lake, checkpoint, topics, bootstrap, available_now=False), log_path
+    )
+    try:
+        wait_for(lambda: last_commit(checkpoint) >= 0 or proc.poll() is not None, 300, "the first batch", 1.0)
+        assert proc.poll() is None, log_path.read_text()
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return RunningStream(lake=lake, checkpoint=checkpoint, topics=topics, proc=proc, log_path=log_path)
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_second_stream_is_refused_and_the_first_keeps_running(
     spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "lake"
-    shutil.copytree(trained_lake, lake)
-    checkpoint = tmp_path / "checkpoint"
-    topics = fresh_topics(kafka_bootstrap)
-    send(kafka_bootstrap, topics[0], orders_for(spark, lake, 40, seed=1))
-    first_log = tmp_path / "first.log"
-    first = start_stream_process(
-        stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=False), first_log
+    running = start_first_stream(spark, trained_lake, kafka_bootstrap, tmp_path, seed=1)
+    lake, checkpoint, topics, first, first_log = (
+        running.lake,
+        running.checkpoint,
+        running.topics,
+        running.proc,
+        running.log_path,
     )
     try:
-        wait_for(lambda: last_commit(checkpoint) >= 0 or first.poll() is not None, 300, "the first batch", 1.0)
-        assert first.poll() is None, first_log.read_text()
         held = read_lease(LeaseFile(spark, str(checkpoint)))
         assert held is not None and held.owner.pid == first.pid
 
-        second = run_to_end(stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=False), 300)
+        second = run_to_end(lease_stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=False), 300)
         errors = [line for line in second.stderr.splitlines() if line.startswith("flo-seg stream: error:")]
         assert second.returncode == 2, second.stderr
         assert len(errors) == 1, second.stderr
@@ -450,7 +449,7 @@ def test_a_second_stream_is_refused_and_the_first_keeps_running(
     assert not (checkpoint / LEASE_FILE).exists()
 
     # A restart on the same checkpoint (offsets, commits, state and now its own lease) is accepted.
-    restart = run_to_end(stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=True))
+    restart = run_to_end(lease_stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=True))
     assert restart.returncode == 0, restart.stderr
     assert "taken by run" in restart.stderr
     assert not (checkpoint / LEASE_FILE).exists()
@@ -461,24 +460,13 @@ def test_a_second_stream_is_refused_and_the_first_keeps_running(
 def test_a_restart_right_after_kill_9_takes_the_lease_over(
     spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "lake"
-    shutil.copytree(trained_lake, lake)
-    checkpoint = tmp_path / "checkpoint"
-    topics = fresh_topics(kafka_bootstrap)
-    send(kafka_bootstrap, topics[0], orders_for(spark, lake, 40, seed=3))
-    log_path = tmp_path / "killed.log"
-    killed = start_stream_process(
-        stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=False), log_path
-    )
-    try:
-        wait_for(lambda: last_commit(checkpoint) >= 0 or killed.poll() is not None, 300, "the first batch", 1.0)
-        assert killed.poll() is None, log_path.read_text()
-    finally:
-        stop_process_group(killed)
+    running = start_first_stream(spark, trained_lake, kafka_bootstrap, tmp_path, seed=3)
+    lake, checkpoint, topics, killed = running.lake, running.checkpoint, running.topics, running.proc
+    stop_process_group(killed)
     left = read_lease(LeaseFile(spark, str(checkpoint)))
     assert left is not None and left.owner.pid == killed.pid  # nothing released it
 
-    restart = run_to_end(stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=True))
+    restart = run_to_end(lease_stream_command(lake, checkpoint, topics, kafka_bootstrap, available_now=True))
     assert restart.returncode == 0, restart.stderr
     assert f"(pid {killed.pid} on this host) is gone; taking over its lease" in restart.stderr
     assert not (checkpoint / LEASE_FILE).exists()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import make_events, send
+from streaming_support import make_events, send, train_small_lake
 
 from batch.generate import write_history_csv
 from batch.lake import read_table
@@ -213,10 +213,7 @@ def test_train_on_the_cluster_equals_local_mode(
 def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lake trained locally on 600 generated customers, the starting point of both stream runs."""
     root = tmp_path_factory.mktemp("stream-trained")
-    history = root / "history.csv"
-    write_history_csv(history, customers=600, seed=5)
-    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
-    return root / "lake"
+    return train_small_lake(root, spark)
 
 
 @pytest.mark.cluster

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,9 +17,16 @@ import pytest
 from kafka import KafkaConsumer
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import EventSet, expected_state, make_events, send
+from streaming_support import (
+    EventSet,
+    expected_state,
+    fresh_topics,
+    make_events,
+    send,
+    stream_command,
+    train_small_lake,
+)
 
-from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.score import load_current_model, score_customers
 from batch.train import run_train
@@ -44,10 +50,7 @@ STATE_KEYS = [
 def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lake trained on 600 generated customers (k fixed to keep it quick)."""
     root = tmp_path_factory.mktemp("trained")
-    history = root / "history.csv"
-    write_history_csv(history, customers=600, seed=5)
-    run_train(spark, LakeSettings(root=str(root / "lake")), TrainSettings(k=3, seed=1), history_path=str(history))
-    return root / "lake"
+    return train_small_lake(root, spark)
 
 
 @pytest.fixture(scope="module")
@@ -196,25 +199,9 @@ def run_stream_process(
     bootstrap: str,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "flo_seg.cli",
-        "--lake",
-        lake.root,
-        "stream",
-        "--available-now",
-        "--bootstrap-servers",
-        bootstrap,
-        "--topic",
-        topics[0],
-        "--changes-topic",
-        topics[1],
-        "--checkpoint",
-        str(checkpoint),
-        "--max-offsets-per-trigger",
-        "120",
-    ]
+    cmd = stream_command(
+        lake.root, checkpoint, topics, bootstrap, "--available-now", "--max-offsets-per-trigger", "120"
+    )
     return subprocess.Popen(
         cmd,
         env={**os.environ, **(env or {})},
@@ -266,13 +253,6 @@ def wait_for(predicate, timeout: float = 180.0, what: str = "condition") -> None
             return
         time.sleep(1.0)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def fresh_topics(bootstrap: str) -> tuple[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    topics = (f"test.orders.{suffix}", f"test.changes.{suffix}")
-    ensure_topics(bootstrap, [TopicSpec(name=t, partitions=2) for t in topics])
-    return topics
 
 
 def test_aging_moves_lapsed_customers_out_of_top_segments(

@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import send
+from streaming_support import send, train_small_lake
 
-from batch.generate import write_history_csv
 from batch.lake import read_table
-from batch.train import run_train
-from flo_seg.settings import LakeSettings, TrainSettings
+from flo_seg.settings import LakeSettings
 from flo_seg.stack import TopicSpec, ensure_topics
 from streaming.job import StreamSettings, start_stream
 
@@ -28,13 +26,25 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
-    """A lake trained on 300 generated customers."""
-    root = tmp_path_factory.mktemp("hostile")
-    history = root / "history.csv"
-    write_history_csv(history, customers=300, seed=11)
-    settings = LakeSettings(root=str(root / "lake"))
-    run_train(spark, settings, TrainSettings(k=3, seed=1), history_path=str(history))
-    return settings
+    """A trained lake of this module's own (the tests write to it)."""
+    return LakeSettings(root=str(train_small_lake(tmp_path_factory.mktemp("hostile"), spark)))
+
+
+def stream_topic(
+    spark: SparkSession, lake: LakeSettings, bootstrap: str, checkpoint: Path, topic: str
+) -> Exception | None:
+    """Run the stream over what the topic holds (available-now) and return how it ended."""
+    settings = StreamSettings(
+        bootstrap_servers=bootstrap, checkpoint=str(checkpoint), topic=topic, changes_topic=None, available_now=True
+    )
+    query = start_stream(spark, lake, settings)
+    try:
+        query.awaitTermination(timeout=300)
+    except Exception as exc:  # awaitTermination re-raises the query's failure
+        return exc
+    finally:
+        query.stop()
+    return query.exception()
 
 
 def batch_lines(caplog: pytest.LogCaptureFixture, timeout_s: float = 20.0) -> list[str]:
@@ -89,20 +99,8 @@ def test_hostile_events_are_quarantined_and_the_stream_goes_on(
     topic = f"test.hostile.{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [TopicSpec(name=topic, partitions=1)])
     send(kafka_bootstrap, topic, messages)
-    settings = StreamSettings(
-        bootstrap_servers=kafka_bootstrap,
-        checkpoint=str(tmp_path / "checkpoint"),
-        topic=topic,
-        changes_topic=None,
-        available_now=True,
-    )
     with caplog.at_level(logging.INFO, logger="streaming.job"):
-        query = start_stream(spark, lake, settings)
-        try:
-            query.awaitTermination(timeout=300)
-            assert query.exception() is None
-        finally:
-            query.stop()
+        assert stream_topic(spark, lake, kafka_bootstrap, tmp_path / "checkpoint", topic) is None
         lines = batch_lines(caplog)
 
     quarantined = read_table(spark, lake, "quarantine").where(F.col("kafka_topic") == topic).collect()
@@ -135,21 +133,7 @@ def test_a_batch_that_fails_names_its_kafka_offsets(
     topic = f"test.failing.{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [TopicSpec(name=topic, partitions=1)])
     send(kafka_bootstrap, topic, [(b"x", b"not json")] * 3)
-    settings = StreamSettings(
-        bootstrap_servers=kafka_bootstrap,
-        checkpoint=str(tmp_path / "checkpoint"),
-        topic=topic,
-        changes_topic=None,
-        available_now=True,
-    )
     with caplog.at_level(logging.ERROR, logger="streaming.job"):
-        query = start_stream(spark, broken, settings)
-        try:
-            query.awaitTermination(timeout=300)
-        except Exception as exc:
-            assert f"batch 0 ({topic}[0] offsets 0..2) failed" in str(exc)
-        finally:
-            query.stop()
-    error = query.exception()
-    assert error is not None and f"{topic}[0] offsets 0..2" in str(error)
+        error = stream_topic(spark, broken, kafka_bootstrap, tmp_path / "checkpoint", topic)
+    assert error is not None and f"batch 0 ({topic}[0] offsets 0..2) failed" in str(error)
     assert any(f"batch 0 ({topic}[0] offsets 0..2) failed" in r.getMessage() for r in caplog.records)
