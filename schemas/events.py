@@ -16,6 +16,8 @@ JSON_SCHEMA_PATH = Path(__file__).with_name("order_event.schema.json")
 
 # The valid ranges, stated once: the stream quarantines what falls outside, the JSON Schema says the same.
 MAX_ORDER_AMOUNT = 1_000_000.0
+# Money is counted in whole cents (half up): an amount below half a cent would be an order worth 0.00.
+MIN_ORDER_AMOUNT = 0.005
 EARLIEST_ORDER = EARLIEST_DATE
 # RFC 3339 date-time: seconds and an offset (Z or +hh:mm) are required, so an order's instant is never a guess.
 ORDER_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
@@ -47,7 +49,7 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         name="master_id",
         spark_type=T.StringType(),
         json_schema={"type": "string", "pattern": IDENTIFIER_PATTERN},
-        description="Customer id; the Kafka message key must equal it.",
+        description="Customer id (a JSON string, never a number); the Kafka message key must equal it.",
     ),
     EventField(
         name="order_ts",
@@ -67,8 +69,11 @@ EVENT_FIELDS: tuple[EventField, ...] = (
     EventField(
         name="amount",
         spark_type=T.DoubleType(),
-        json_schema={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_ORDER_AMOUNT},
-        description=f"Order value, a finite number in (0, {MAX_ORDER_AMOUNT:,.0f}]; counted in whole cents.",
+        json_schema={"type": "number", "minimum": MIN_ORDER_AMOUNT, "maximum": MAX_ORDER_AMOUNT},
+        description=(
+            f"Order value, a finite number from {MIN_ORDER_AMOUNT} to {MAX_ORDER_AMOUNT:,.0f}; counted in whole "
+            "cents, half up."
+        ),
     ),
     EventField(
         name="categories",

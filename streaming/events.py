@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 from schemas.events import (
     EARLIEST_ORDER,
     MAX_ORDER_AMOUNT,
+    MIN_ORDER_AMOUNT,
     ORDER_TS_PATTERN,
     SCHEMA_VERSION,
     event_spark_schema,
@@ -37,12 +38,22 @@ def _first_failure(checks: list[tuple[str, Column, Column]]) -> tuple[Column, Co
     return reason, detail
 
 
+def _cut(text: Column) -> Column:
+    """Text cut to DETAIL_CHARS with an ellipsis, for a quarantine detail."""
+    return F.when(F.length(text) > DETAIL_CHARS, F.concat(F.substring(text, 1, DETAIL_CHARS), F.lit("…"))).otherwise(
+        text
+    )
+
+
 def _quoted(col: Column) -> Column:
     """A value as it came, quoted and cut short, for a quarantine detail."""
     text = F.to_json(F.array(col))
-    return F.when(
-        F.length(text) > DETAIL_CHARS + 2, F.concat(F.substring(text, 2, DETAIL_CHARS), F.lit("…"))
-    ).otherwise(F.substring(text, 2, F.length(text) - 2))
+    return _cut(F.substring(text, 2, F.length(text) - 2))
+
+
+def _json_type(raw_col_name: str, field: str) -> Column:
+    """The JSON type of a top-level field (`STRING`, `BIGINT`, ...): from_json reads 123 or true as text."""
+    return F.expr(f"schema_of_variant(variant_get(try_parse_json({raw_col_name}), '$.{field}'))")
 
 
 def _event_checks() -> list[tuple[str, Column, Column]]:
@@ -51,9 +62,20 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
     order_ts = F.col("order_ts").try_cast("timestamp")
     amount = F.col("amount")
     any_field_parsed = F.exists(F.array(*[F.col(c).isNotNull() for c in REQUIRED_FIELDS]), lambda x: x)
+    # Ids must be JSON strings.
+    not_text = [
+        F.when(F.coalesce(_json_type("raw_value", c) != "STRING", F.lit(False)), F.lit(c))
+        for c in ("event_id", "master_id")
+    ]
     missing = F.filter(
-        F.array(
-            *[F.when(F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == ""), F.lit(c)) for c in REQUIRED_FIELDS]
+        F.array_distinct(
+            F.array(
+                *[
+                    F.when(F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == ""), F.lit(c))
+                    for c in REQUIRED_FIELDS
+                ],
+                *not_text,
+            )
         ),
         lambda name: name.isNotNull(),
     )
@@ -64,6 +86,8 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
             F.col("raw_value").isNull()
             | ~raw.startswith("{")
             | ~raw.endswith("}")
+            # Exactly one JSON value: from_json would stop after a first object and ignore what follows.
+            | F.coalesce(F.json_array_length(F.concat(F.lit("["), raw, F.lit("]"))) != 1, F.lit(True))
             | F.col(CORRUPT_COLUMN).isNotNull() & ~any_field_parsed,
             F.lit("not one JSON object (unparseable, truncated, or nested deeper than the parser allows)"),
         ),
@@ -94,9 +118,11 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
         ("non_positive_amount", amount <= 0, F.concat(F.lit("amount "), amount.cast("string"), F.lit(" <= 0"))),
         (
             "amount_out_of_range",
-            F.isnan(amount) | (amount > MAX_ORDER_AMOUNT),
+            F.isnan(amount) | (amount < MIN_ORDER_AMOUNT) | (amount > MAX_ORDER_AMOUNT),
             F.concat(
-                F.lit("amount "), amount.cast("string"), F.lit(f" is not a finite number up to {MAX_ORDER_AMOUNT:.0f}")
+                F.lit("amount "),
+                amount.cast("string"),
+                F.lit(f" is not a finite number from {MIN_ORDER_AMOUNT} (0.01 in cents) to {MAX_ORDER_AMOUNT:.0f}"),
             ),
         ),
         (
@@ -113,7 +139,7 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
         (
             "unknown_category",
             F.size(F.coalesce(unknown_categories, F.array())) > 0,
-            F.concat(F.lit("not one of the categories: "), F.to_json(unknown_categories)),
+            F.concat(F.lit("not one of the categories: "), _cut(F.to_json(unknown_categories))),
         ),
         (
             "key_mismatch",
@@ -143,7 +169,7 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
     """Kafka rows → typed order events with `reason`/`detail` (null when valid) and their Kafka coordinates."""
     raw = F.col("value").cast("string")
     schema = event_spark_schema().add(CORRUPT_COLUMN, "string")
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN}
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN, "allowSingleQuotes": "false"}
     parsed = (
         kafka_df.select(
             raw.alias("raw_value"),
