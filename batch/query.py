@@ -12,14 +12,7 @@ from typing import TextIO
 
 from py4j.java_gateway import JavaObject
 from py4j.protocol import Py4JJavaError
-from pyspark.errors import (
-    AnalysisException,
-    ArithmeticException,
-    ArrayIndexOutOfBoundsException,
-    DateTimeException,
-    IllegalArgumentException,
-    SparkRuntimeException,
-)
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from batch.lake import read_table, table_exists
@@ -114,15 +107,6 @@ _OUTSIDE_FUNCTIONS = {
     "from_xml": "can read an XSD file named in its options",
     "schema_of_xml": "can read an XSD file named in its options",
 }
-# Errors a statement itself causes (syntax, names, ANSI casts and arithmetic); reported as one line.
-_QUERY_ERRORS = (
-    AnalysisException,
-    ArithmeticException,
-    ArrayIndexOutOfBoundsException,
-    DateTimeException,
-    IllegalArgumentException,
-    SparkRuntimeException,
-)
 
 
 class QueryRefused(ValueError):
@@ -153,7 +137,9 @@ def parse_plan(spark: SparkSession, sql: str) -> JavaObject:
         with _one_line_errors():
             return spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
     except Py4JJavaError as exc:  # parser errors pyspark does not map, e.g. SQL scripting
-        raise ValueError(_first_line(str(exc.java_exception.getMessage()))) from None
+        message = exc.java_exception.getMessage()
+        name = exc.java_exception.getClass().getSimpleName()
+        raise ValueError(_first_line(str(message)) if message else f"the statement cannot be parsed ({name})") from None
 
 
 def check_read_only(spark: SparkSession, sql: str, tables: Collection[str]) -> None:
@@ -279,8 +265,14 @@ def _one_line_errors() -> Iterator[None]:
     context_log.disabled = True
     try:
         yield
-    except _QUERY_ERRORS as exc:
+    except PySparkException as exc:  # syntax, names, ANSI casts and arithmetic, FAILFAST parses...
         raise ValueError(_first_line(str(exc))) from None
+    except Py4JJavaError as exc:  # errors pyspark does not map: Jackson, OutOfMemoryError, StackOverflowError
+        java = exc.java_exception
+        message = java.getMessage()
+        raise ValueError(
+            _first_line(str(message)) if message else f"the statement failed: {java.getClass().getName()}"
+        ) from None
     finally:
         context_log.disabled = was_disabled
 

@@ -208,6 +208,10 @@ def test_an_unknown_table_is_refused_naming_the_lake_tables(spark: SparkSession,
         ("SELECT nope FROM customer_state", "[UNRESOLVED_COLUMN.WITH_SUGGESTION]"),
         ("SELECT 1 / 0 AS x", "[DIVIDE_BY_ZERO]"),
         ("SELECT nofunc(1)", "unknown function nofunc(); only Spark's built-in functions can be called"),
+        # errors pyspark does not map to its own exceptions (they used to escape as a JVM stack trace)
+        ("SELECT parse_json('{')", "[MALFORMED_RECORD_IN_PARSING"),
+        ("SELECT schema_of_json('{')", ""),
+        ("SELECT " + "abs(" * 3000 + "1" + ")" * 3000, ""),
     ],
 )
 def test_spark_errors_are_one_line(
@@ -217,6 +221,7 @@ def test_spark_errors_are_one_line(
         run_query(spark, lake, sql, fmt="csv", limit=10, out=io.StringIO())
     message = str(failed.value)
     assert message.startswith(error)
+    assert message and message != "None"
     assert "\n" not in message
     assert "at org.apache" not in message
     assert lake_state(spark, lake) == original
