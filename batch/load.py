@@ -45,6 +45,12 @@ def read_header(spark: SparkSession, path: str) -> list[str]:
         csv.field_size_limit(limit)
 
 
+def _printable(text: str, width: int = 40) -> str:
+    """Header text safe to print: control characters escaped (no terminal codes), cut to `width`."""
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return safe if len(safe) <= width else safe[:width] + "…"
+
+
 def check_header(header: list[str], path: str) -> None:
     """Refuse a header that cannot be the FLO columns, saying why in one line, before any work starts."""
     if len(header) > MAX_HEADER_COLUMNS:
@@ -59,10 +65,11 @@ def check_header(header: list[str], path: str) -> None:
         )
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
-        raise HistoryFileError(f"history file {path} names column(s) more than once: {', '.join(repeated)}")
+        names = ", ".join(_printable(h) for h in repeated)
+        raise HistoryFileError(f"history file {path} names column(s) more than once: {names}")
     missing = missing_columns(header)
     if missing:
-        shown = ", ".join(h if len(h) <= 40 else h[:40] + "…" for h in header[:20])
+        shown = ", ".join(_printable(h) for h in header[:20])
         raise HistoryFileError(
             f"history file {path} lacks required column(s) {', '.join(missing)}; header was: {shown}"
             + (f" (and {len(header) - 20} more)" if len(header) > 20 else "")

@@ -36,6 +36,7 @@ REASONS: tuple[str, ...] = (
     "bad_number",
     "no_orders",
     "last_before_first",
+    "inconsistent_channel",
     "unknown_channel",
     "malformed_categories",
     "duplicate_master_id",
@@ -47,7 +48,8 @@ _CATEGORY_ITEM = r"^[A-Za-z]+$"
 # The quarantine keeps this much of a rejected row's raw record.
 MAX_RAW_RECORD_CHARS = 65_536
 _DATE_TEXT = r"^\d{4}-\d{2}-\d{2}$"
-_NUMBER_TEXT = r"^\s*-?\d+(\.\d+)?\s*$"
+# No sign: every count and value is >= 0, and "-0" would slip past a `< 0` check.
+_NUMBER_TEXT = r"^\s*\d+(\.\d+)?\s*$"
 
 
 def parse_date(raw_col: Column) -> Column:
@@ -125,6 +127,26 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
         "last_order_date_online": "order_num_total_ever_online",
         "last_order_date_offline": "order_num_total_ever_offline",
     }
+    # A channel's totals and last-order date agree with each other and with the customer's dates.
+    inconsistent = F.filter(
+        F.array(
+            *[
+                F.when((F.col(c) == 0) & (F.col(v) > 0), F.lit(f"{c} is 0 but {v} is not"))
+                for c, v in (
+                    ("order_num_total_ever_online", "customer_value_total_ever_online"),
+                    ("order_num_total_ever_offline", "customer_value_total_ever_offline"),
+                )
+            ],
+            *[
+                F.when(
+                    (F.col(d) < F.col("first_order_date")) | (F.col(d) > F.col("last_order_date")),
+                    F.lit(f"{d} outside first_order_date..last_order_date"),
+                )
+                for d in channel_dates
+            ],
+        ),
+        lambda x: x.isNotNull(),
+    )
     bad_date_checks = [F.col(d).isNull() for d in dates_required]
     # A channel's last-order date may only be empty when the customer never ordered on that channel.
     bad_date_checks += [
@@ -174,6 +196,11 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
             "last_before_first",
             F.col("last_order_date") < F.col("first_order_date"),
             F.concat_ws(" < ", F.col("raw_last_order_date"), F.col("raw_first_order_date")),
+        ),
+        (
+            "inconsistent_channel",
+            F.size(inconsistent) > 0,
+            F.array_join(inconsistent, "; "),
         ),
         (
             "unknown_channel",

@@ -136,6 +136,9 @@ def hostile_lines() -> list[str]:
         "many_orders,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4000000.0,1.0,139.99,799.38,[KADIN]",
         "rich,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,1e308,[KADIN]",
         "richer,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,99999999999999,[KADIN]",
+        "minus_zero,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,-0,1.0,139.99,799.38,[KADIN]",
+        "free_online,Android App,Offline,2020-10-30,2021-02-26,,2021-02-26,0,1.0,139.99,799.38,[KADIN]",
+        "early_online,Android App,Offline,2020-10-30,2021-02-26,2019-01-01,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
     ]
     return lines
 
@@ -144,7 +147,7 @@ def test_hostile_rows_are_quarantined_and_the_others_kept(spark: SparkSession, t
     path = write_csv(tmp_path, hostile_lines())
     rows = validate_history(read_history(spark, path)).select("raw_master_id", REASON, "detail").collect()
     got = {r["raw_master_id"]: r[REASON] for r in rows}
-    assert len(rows) == 15  # one record per CSV record: the quoted newline does not split a row
+    assert len(rows) == 18  # one record per CSV record: the quoted newline does not split a row
     assert got == {
         **{f"ok{i}": None for i in range(5)},
         "future": "date_out_of_range",
@@ -157,11 +160,16 @@ def test_hostile_rows_are_quarantined_and_the_others_kept(spark: SparkSession, t
         "many_orders": "bad_number",
         "rich": "bad_number",
         "richer": "bad_number",
+        "minus_zero": "bad_number",
+        "free_online": "inconsistent_channel",
+        "early_online": "inconsistent_channel",
     }
     details = {r["raw_master_id"]: r["detail"] for r in rows}
     assert details["future"].startswith(f"before 2000-01-01 or after {dt.date.today()}: ")
     assert "last_order_date 2099-01-01" in details["future"]
     assert details["huge_field"] == "longer than 1000 characters: interested_in_categories_12"
+    assert details["free_online"] == "order_num_total_ever_online is 0 but customer_value_total_ever_online is not"
+    assert details["early_online"] == "last_order_date_online outside first_order_date..last_order_date"
 
 
 def test_a_date_after_the_analysis_date_is_quarantined(spark: SparkSession, tmp_path: Path) -> None:
@@ -196,6 +204,7 @@ def test_a_quarantined_raw_record_is_cut_to_a_bounded_size(spark: SparkSession, 
         ("x" * 200_000, "lacks required column"),
         (HEADER + "," + ",".join(f"c{i}" for i in range(5_000)), "header of 5012 columns"),
         ('"' + "x" * 200_000, "cannot be read as CSV|lacks required"),
+        ("\x1b[2J\x1b[31mmaster_id,x", r"header was: \\x1b\[2J\\x1b\[31mmaster_id, x"),
     ],
 )
 def test_an_unusable_header_is_refused_in_one_line(
@@ -205,3 +214,4 @@ def test_an_unusable_header_is_refused_in_one_line(
     with pytest.raises(HistoryFileError, match=message) as refused:
         read_history(spark, path)
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 2_000
+    assert "\x1b" not in str(refused.value)
