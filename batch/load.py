@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.validate import ROW_ORDER
+from flo_seg.errors import first_line
 from schemas.history import (
     CORRUPT_RECORD_COLUMN,
     MAX_HEADER_COLUMNS,
@@ -30,8 +31,7 @@ def read_header(spark: SparkSession, path: str) -> list[str]:
     try:
         first = spark.read.text(path).limit(1).collect()
     except Exception as exc:  # Spark raises AnalysisException and friends for absent paths
-        message = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise HistoryFileError(f"cannot read history file {path}: {message}") from exc
+        raise HistoryFileError(f"cannot read history file {path}: {first_line(exc, type(exc).__name__)}") from exc
     if not first:
         raise HistoryFileError(f"history file {path} is empty")
     line = first[0][0].lstrip("\ufeff")

@@ -16,6 +16,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from batch.lake import read_table, table_exists
+from flo_seg.errors import first_line
 from flo_seg.settings import LakeSettings
 from schemas.tables import TABLE_SCHEMAS
 
@@ -139,7 +140,7 @@ def parse_plan(spark: SparkSession, sql: str) -> JavaObject:
     except Py4JJavaError as exc:  # parser errors pyspark does not map, e.g. SQL scripting
         message = exc.java_exception.getMessage()
         name = exc.java_exception.getClass().getSimpleName()
-        raise ValueError(_first_line(str(message)) if message else f"the statement cannot be parsed ({name})") from None
+        raise ValueError(first_line(message, f"the statement cannot be parsed ({name})")) from None
 
 
 def check_read_only(spark: SparkSession, sql: str, tables: Collection[str]) -> None:
@@ -253,10 +254,6 @@ def _statement_head(sql: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _first_line(message: str) -> str:
-    return next((line.strip() for line in message.splitlines() if line.strip()), "invalid statement")
-
-
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Spark's errors about the statement as one-line ValueErrors, without pyspark's JSON log of each."""
@@ -266,13 +263,11 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except PySparkException as exc:  # syntax, names, ANSI casts and arithmetic, FAILFAST parses...
-        raise ValueError(_first_line(str(exc))) from None
+        raise ValueError(first_line(exc, "invalid statement")) from None
     except Py4JJavaError as exc:  # errors pyspark does not map: Jackson, OutOfMemoryError, StackOverflowError
         java = exc.java_exception
         message = java.getMessage()
-        raise ValueError(
-            _first_line(str(message)) if message else f"the statement failed: {java.getClass().getName()}"
-        ) from None
+        raise ValueError(first_line(message, f"the statement failed: {java.getClass().getName()}")) from None
     finally:
         context_log.disabled = was_disabled
 

@@ -215,13 +215,20 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
     ]
 
 
-def with_rejection_reason(parsed_df: DataFrame, latest_date: Column) -> DataFrame:
-    """`reason`/`detail` set to the first failed check, null for a trustworthy row."""
+def first_failure(checks: list[tuple[str, Column, Column]]) -> tuple[Column, Column]:
+    """(reason, detail) of the first check that fails (or cannot be evaluated), nulls when all pass."""
     reason: Column = F.lit(None).cast("string")
     detail: Column = F.lit(None).cast("string")
-    for name, failed, why in reversed(_rejection_checks(latest_date)):
-        reason = F.when(F.coalesce(failed, F.lit(True)), F.lit(name)).otherwise(reason)
-        detail = F.when(F.coalesce(failed, F.lit(True)), why.cast("string")).otherwise(detail)
+    for name, failed, why in reversed(checks):
+        is_failed = F.coalesce(failed, F.lit(True))
+        reason = F.when(is_failed, F.lit(name)).otherwise(reason)
+        detail = F.when(is_failed, why.cast("string")).otherwise(detail)
+    return reason, detail
+
+
+def with_rejection_reason(parsed_df: DataFrame, latest_date: Column) -> DataFrame:
+    """`reason`/`detail` set to the first failed check, null for a trustworthy row."""
+    reason, detail = first_failure(_rejection_checks(latest_date))
     return parsed_df.withColumn(REASON, reason).withColumn(DETAIL, detail)
 
 

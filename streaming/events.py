@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from batch.validate import first_failure
 from schemas.events import (
     EARLIEST_ORDER,
     MAX_ORDER_AMOUNT,
@@ -20,22 +21,12 @@ DETAIL = "detail"
 DEDUPE_KEY = "dedupe_key"
 CONTENT_KEY = "content_key"
 CORRUPT_COLUMN = "_corrupt_json"
+VARIANT_COLUMN = "_json_variant"
 REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "master_id", "order_ts", "channel", "amount", "schema_version")
 # An order more than a day in the future of the wall clock is a producer bug, not a customer.
 MAX_FUTURE = "INTERVAL 1 DAY"
 # Offending values are quoted in the quarantine detail, cut to this length.
 DETAIL_CHARS = 200
-
-
-def _first_failure(checks: list[tuple[str, Column, Column]]) -> tuple[Column, Column]:
-    """(reason, detail) of the first check that fails (or cannot be evaluated), nulls when all pass."""
-    reason: Column = F.lit(None).cast("string")
-    detail: Column = F.lit(None).cast("string")
-    for name, failed, why in reversed(checks):
-        is_failed = F.coalesce(failed, F.lit(True))
-        reason = F.when(is_failed, F.lit(name)).otherwise(reason)
-        detail = F.when(is_failed, why.cast("string")).otherwise(detail)
-    return reason, detail
 
 
 def _cut(text: Column) -> Column:
@@ -51,9 +42,9 @@ def _quoted(col: Column) -> Column:
     return _cut(F.substring(text, 2, F.length(text) - 2))
 
 
-def _json_type(raw_col_name: str, field: str) -> Column:
+def _json_type(field: str) -> Column:
     """The JSON type of a top-level field (`STRING`, `BIGINT`, ...): from_json reads 123 or true as text."""
-    return F.expr(f"schema_of_variant(variant_get(try_parse_json({raw_col_name}), '$.{field}'))")
+    return F.expr(f"schema_of_variant(variant_get({VARIANT_COLUMN}, '$.{field}'))")
 
 
 def _event_checks() -> list[tuple[str, Column, Column]]:
@@ -64,8 +55,7 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
     any_field_parsed = F.exists(F.array(*[F.col(c).isNotNull() for c in REQUIRED_FIELDS]), lambda x: x)
     # Ids must be JSON strings.
     not_text = [
-        F.when(F.coalesce(_json_type("raw_value", c) != "STRING", F.lit(False)), F.lit(c))
-        for c in ("event_id", "master_id")
+        F.when(F.coalesce(_json_type(c) != "STRING", F.lit(False)), F.lit(c)) for c in ("event_id", "master_id")
     ]
     missing = F.filter(
         F.array_distinct(
@@ -85,7 +75,6 @@ def _event_checks() -> list[tuple[str, Column, Column]]:
             "malformed_json",
             F.col("raw_value").isNull()
             | ~raw.startswith("{")
-            | ~raw.endswith("}")
             # Exactly one JSON value: from_json would stop after a first object and ignore what follows.
             | F.coalesce(F.json_array_length(F.concat(F.lit("["), raw, F.lit("]"))) != 1, F.lit(True))
             | F.col(CORRUPT_COLUMN).isNotNull() & ~any_field_parsed,
@@ -178,12 +167,13 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
             F.col("partition").alias("kafka_partition"),
             F.col("offset").alias("kafka_offset"),
             F.from_json(raw, schema, options).alias("e"),
+            F.expr("try_parse_json(CAST(value AS STRING))").alias(VARIANT_COLUMN),
         )
         .select("*", "e.*")
         .drop("e")
     )
     order_ts = F.col("order_ts").try_cast("timestamp")
-    reason, detail = _first_failure(_event_checks())
+    reason, detail = first_failure(_event_checks())
     return (
         parsed.select(
             "*",
@@ -193,7 +183,7 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
             F.to_date(order_ts).alias("order_date"),
             (F.col("channel") != F.lit("Offline")).alias("is_online"),
         )
-        .drop(CORRUPT_COLUMN)
+        .drop(CORRUPT_COLUMN, VARIANT_COLUMN)
         .withColumn(
             DEDUPE_KEY,
             F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(

@@ -29,6 +29,7 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.lake import append_table, ensure_table, read_table, table_exists, with_conflict_retry
 from batch.score import ScoringModel, load_current_model, score_customers
+from flo_seg.errors import first_line
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
@@ -286,10 +287,6 @@ class BatchFailed(RuntimeError):
     """A micro-batch could not be written; the message names the Kafka offsets it covered."""
 
 
-def _first_line(exc: BaseException) -> str:
-    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-
-
 def offset_ranges(events: DataFrame) -> str:
     """`topic[partition] offsets a..b` for each partition of a micro-batch, to name it in an error."""
     try:
@@ -300,7 +297,7 @@ def offset_ranges(events: DataFrame) -> str:
             .collect()
         )
     except Exception as exc:  # the source itself may be what failed
-        return f"offsets unknown: {_first_line(exc)}"
+        return f"offsets unknown: {first_line(exc, type(exc).__name__)}"
     if not rows:
         return "no events"
     return ", ".join(f"{r['kafka_topic']}[{r['kafka_partition']}] offsets {r['first']}..{r['last']}" for r in rows)
@@ -359,7 +356,7 @@ def make_batch_handler(
         except Exception as exc:
             where = offset_ranges(events)
             log.error("batch %d (%s) failed: %s", batch_id, where, exc)
-            raise BatchFailed(f"batch {batch_id} ({where}) failed: {_first_line(exc)}") from exc
+            raise BatchFailed(f"batch {batch_id} ({where}) failed: {first_line(exc, type(exc).__name__)}") from exc
         finally:
             events.unpersist()
         metrics.seconds = time.monotonic() - started
