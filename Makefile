@@ -7,7 +7,7 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 JARS        := .jars
 MVN         := mvn -B -q -s jvm/settings.xml
-SPARK_JARS  := delta-spark_2.13,delta-storage,spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
+SPARK_JARS  := delta-spark_4.2_2.13,delta-storage,delta-kernel-api,delta-kernel-defaults,delta-kernel-unitycatalog,unitycatalog-client,unitycatalog-hadoop,jackson-datatype-jdk8,spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 
 export FLO_LAKE       ?= $(CURDIR)/lake
 export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark

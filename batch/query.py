@@ -26,7 +26,7 @@ _REFUSED = "only read-only queries over the lake's tables are allowed"
 _LOGICAL = "org.apache.spark.sql.catalyst.plans.logical."
 _ANALYSIS = "org.apache.spark.sql.catalyst.analysis."
 _EXPRESSIONS = "org.apache.spark.sql.catalyst.expressions."
-# Every operator Spark 4.0's parser builds for a read-only query. An allow-list, because Delta's RESTORE,
+# Every operator Spark 4.2's parser builds for a read-only query. An allow-list, because Delta's RESTORE,
 # CLONE and DESCRIBE HISTORY, EXECUTE IMMEDIATE and `TRANSFORM ... USING 'script'` are neither a
 # `Command` nor a `ParsedStatement`.
 _QUERY_NODES = frozenset(
@@ -163,7 +163,10 @@ class _ReadOnlyCheck:
         ]
         self._subquery = class_for_name(_EXPRESSIONS + "SubqueryExpression")
         self._builtins = spark._jsparkSession.sessionState().functionRegistry()
-        self._function_id = spark._jvm.org.apache.spark.sql.catalyst.FunctionIdentifier  # type: ignore[union-attr]
+        jvm = spark._jvm
+        function_id = jvm.org.apache.spark.sql.catalyst.FunctionIdentifier  # type: ignore[union-attr]
+        # Spark 4.2's registry keys built-ins by their qualified name, system.builtin.<name>.
+        self._builtin_id = lambda name: function_id(name, jvm.scala.Some("builtin"), jvm.scala.Some("system"))  # type: ignore[union-attr]
         self._known_functions: set[str] = set()
 
     def _key(self, name: str) -> str:
@@ -237,7 +240,7 @@ class _ReadOnlyCheck:
         if key in self._known_functions:
             return
         # Only built-ins: a bare name would otherwise fall through to the catalog's persistent functions.
-        if not self._builtins.functionExists(self._function_id(key)):
+        if not self._builtins.functionExists(self._builtin_id(key)):
             raise QueryRefused(f"unknown function {name}(); only Spark's built-in functions can be called")
         self._known_functions.add(key)
 

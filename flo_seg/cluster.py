@@ -19,7 +19,7 @@ process group, so `down` also ends the executors and Python workers a worker sta
   it is the .venv's python (FLO_CLUSTER_PYTHON / --python to change), which has the third-party deps
   (pyspark, numpy, pandas, pyarrow, scipy). On a real cluster, ship a packed environment instead::
 
-      python -m venv /tmp/env && /tmp/env/bin/pip install pyspark==4.0.0 numpy pandas pyarrow scipy \\
+      python -m venv /tmp/env && /tmp/env/bin/pip install pyspark==4.2.0 numpy pandas pyarrow scipy \\
           venv-pack && /tmp/env/bin/venv-pack -p /tmp/env -o venv.tar.gz
       python -m flo_seg.cluster submit --master spark://<host>:7077 \\
           --spark-arg=--archives --spark-arg=venv.tar.gz#env \\

@@ -441,6 +441,8 @@ def test_dockerfile_versions_match_the_pom_and_pyproject_pins(
     assert args["SPARK_VERSION"] == pom["spark.version"] == pinned("pyspark")
     assert args["DELTA_VERSION"] == pom["delta.version"] == pinned("delta-spark")
     assert pom["scala.binary"] == "2.13"
+    # Delta publishes one artifact per Spark minor (delta-spark_4.2_2.13): it must be the pinned Spark's.
+    assert pom["spark.binary"] == ".".join(pinned("pyspark").split(".")[:2])
 
 
 def test_base_images_are_pinned_jdk17_and_python_of_the_project(stages: list[list[tuple[str, str]]]) -> None:
