@@ -215,21 +215,23 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
     ]
 
 
-def first_failure(checks: list[tuple[str, Column, Column]]) -> tuple[Column, Column]:
-    """(reason, detail) of the first check that fails (or cannot be evaluated), nulls when all pass."""
+def with_first_failure(df: DataFrame, checks: list[tuple[str, Column, Column]]) -> DataFrame:
+    """`reason`/`detail` of the first check that fails (or cannot be evaluated), nulls when all pass.
+
+    Each condition is evaluated once per row: the reason comes first, then only the failed check's
+    detail. (One CASE chain per column would evaluate every condition of a valid row twice.)
+    """
     reason: Column = F.lit(None).cast("string")
     detail: Column = F.lit(None).cast("string")
     for name, failed, why in reversed(checks):
-        is_failed = F.coalesce(failed, F.lit(True))
-        reason = F.when(is_failed, F.lit(name)).otherwise(reason)
-        detail = F.when(is_failed, why.cast("string")).otherwise(detail)
-    return reason, detail
+        reason = F.when(F.coalesce(failed, F.lit(True)), F.lit(name)).otherwise(reason)
+        detail = F.when(F.col(REASON) == F.lit(name), why.cast("string")).otherwise(detail)
+    return df.withColumn(REASON, reason).withColumn(DETAIL, detail)
 
 
 def with_rejection_reason(parsed_df: DataFrame, latest_date: Column) -> DataFrame:
     """`reason`/`detail` set to the first failed check, null for a trustworthy row."""
-    reason, detail = first_failure(_rejection_checks(latest_date))
-    return parsed_df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+    return with_first_failure(parsed_df, _rejection_checks(latest_date))
 
 
 def with_duplicates_flagged(df: DataFrame) -> DataFrame:

@@ -226,12 +226,22 @@ def run_front(spark: SparkSession, args: argparse.Namespace, work: Path) -> None
     print(f"topic {args.topic} filled with {args.front_events:,} events in {time.monotonic() - started:.1f}s")
     print("| front | events | batches | mean batch s | events/s (after the first batch) |")
     print("| --- | --- | --- | --- | --- |")
-    for dedupe in ("none", "two-dedupes", "within-watermark"):
+    variants = ["none", "two-dedupes", "within-watermark"] + (["within-watermark+jvm"] if args.jvm_jar else [])
+    for dedupe in variants:
         checkpoint = work / f"checkpoint-front-{dedupe}"
         shutil.rmtree(checkpoint, ignore_errors=True)
-        df = front_query(spark, args.bootstrap_servers, args.topic, dedupe, args.batch_events)
+        df = front_query(spark, args.bootstrap_servers, args.topic, dedupe.split("+")[0], args.batch_events)
+        if dedupe.endswith("+jvm"):
+            # The valid events into the JVM state of `--customers` bootstrapped customers.
+            events = df.where("reason IS NULL").select(
+                "master_id", "amount", (F.col("channel") != "Offline").alias("is_online"), "order_date"
+            )
+            boot = spark.read.schema(STATE_SCHEMA).parquet(str(work / "bootstrap"))
+            jdf = spark._jvm.flo.spike.TotalsState.apply(events._jdf, boot._jdf)  # type: ignore[union-attr]
+            df = DataFrame(jdf, spark)
         query = (
             df.writeStream.option("checkpointLocation", str(checkpoint))
+            .outputMode("update" if dedupe.endswith("+jvm") else "append")
             .foreachBatch(_materialise)
             .trigger(availableNow=True)
             .start()
@@ -303,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="state-designs-"))
     work.mkdir(parents=True, exist_ok=True)
-    if "jvm" in args.designs.split(",") and not args.jvm_jar and not args.front:
+    if "jvm" in args.designs.split(",") and not args.jvm_jar:
         args.jvm_jar = build_spike_jar(work)
     spark = build_session(
         dataclasses.replace(
@@ -321,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
     if args.front:
+        if args.jvm_jar:
+            write_inputs(spark, work, args.customers, 1, 0)
         run_front(spark, args, work)
         return
     started = time.monotonic()
