@@ -156,6 +156,11 @@ def _parse_schema() -> StructType:
     return StructType([*fields, StructField(CORRUPT_COLUMN, StringType())])
 
 
+def invalid_event_key() -> Column:
+    """The de-duplication key of an invalid event: its own Kafka coordinates (it never matches another)."""
+    return F.concat_ws(":", F.lit("invalid"), "kafka_topic", "kafka_partition", "kafka_offset")
+
+
 def parse_order_events(kafka_df: DataFrame) -> DataFrame:
     """Kafka rows → typed order events with `reason`/`detail` (null when valid) and their Kafka coordinates.
 
@@ -197,9 +202,7 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
         .drop(CORRUPT_COLUMN, *[c + ID_TYPE_SUFFIX for c in ID_FIELDS])
         .withColumn(
             DEDUPE_KEY,
-            F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(
-                F.concat_ws(":", F.lit("invalid"), "kafka_topic", "kafka_partition", "kafka_offset")
-            ),
+            F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key()),
         )
         .withColumn(CONTENT_KEY, _content_key())
     )
