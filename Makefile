@@ -41,8 +41,16 @@ $(JARS)/kafka/.resolved: jvm/kafka/pom.xml jvm/settings.xml
 	  -DincludeScope=runtime
 	touch $@
 
+# The stream's per-customer state step (jvm/state), built against the Spark that pyspark pins; it lands
+# beside the resolved jars so the session factory and spark-submit pick it up with them.
+STATE_JAR := $(JARS)/spark/flo-seg-state.jar
+$(STATE_JAR): $(JARS)/spark/.resolved jvm/state/pom.xml $(shell find jvm/state/src -name '*.java')
+	@echo "building the stream's state step into $@"
+	$(MVN) -f jvm/state/pom.xml package
+	cp jvm/state/target/flo-seg-state.jar $@
+
 .PHONY: setup
-setup: $(VENV)/.installed $(JARS)/spark/.resolved $(JARS)/kafka/.resolved ## Create .venv, install the project and resolve the JVM jars (idempotent)
+setup: $(VENV)/.installed $(JARS)/spark/.resolved $(STATE_JAR) $(JARS)/kafka/.resolved ## Create .venv, install the project and resolve the JVM jars (idempotent)
 
 # ---------------------------------------------------------------- quality
 .PHONY: lint

@@ -425,6 +425,21 @@ def test_dockerfile_resolves_the_makefiles_jars_the_same_way(stages: list[list[t
     assert "-DoutputDirectory=/opt/flo/jars" in mvn
 
 
+def test_dockerfile_builds_the_state_step_as_the_makefile_does(
+    stages: list[list[tuple[str, str]]], runtime: list[tuple[str, str]]
+) -> None:
+    """jvm/state is built by the same Maven call and lands beside the other jars (FLO_JARS_DIR)."""
+    state = stage_named(stages, "state")
+    assert [c.split()[0] for c in instructions(state, "COPY")] == ["jvm/settings.xml", "jvm/state"]
+    (mvn,) = (shlex.split(run) for run in instructions(state, "RUN") if run.startswith("mvn "))
+    for flag, value in (("-s", "jvm/settings.xml"), ("-f", "jvm/state/pom.xml")):
+        assert mvn[mvn.index(flag) + 1] == value
+    assert "package" in mvn
+    assert "$(MVN) -f jvm/state/pom.xml package" in (REPO / "Makefile").read_text()
+    jar = "/build/jvm/state/target/flo-seg-state.jar " + env_of(runtime)["FLO_JARS_DIR"] + "/flo-seg-state.jar"
+    assert "--from=state " + jar in instructions(runtime, "COPY")
+
+
 def test_runtime_image_gets_the_jars_where_flo_jars_dir_points(runtime: list[tuple[str, str]]) -> None:
     """FLO_JARS_DIR (read by flo_seg.settings) is where the jars stage's output is copied."""
     jars_dir = env_of(runtime)["FLO_JARS_DIR"]
@@ -451,9 +466,9 @@ def test_base_images_are_pinned_jdk17_and_python_of_the_project(stages: list[lis
     for image in bases:
         tag = image.partition(":")[2]
         assert tag and tag != "latest", image
-    assert bases[0] == "maven:3.9.9-eclipse-temurin-17"
+    assert bases[:2] == ["maven:3.9.9-eclipse-temurin-17"] * 2  # the jars and the state step
     python = pyproject()["tool"]["mypy"]["python_version"]
-    assert bases[1:] == [f"python:{python}-slim-bookworm"] * 2
+    assert bases[2:] == [f"python:{python}-slim-bookworm"] * 2
     assert "openjdk-17-jre-headless" in " ".join(instructions(stages[-1], "RUN"))
 
 

@@ -1,0 +1,358 @@
+package flo.seg.state;
+
+import java.sql.Date;
+import java.sql.Timestamp;
+import java.time.ZoneOffset;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.Iterator;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.TreeSet;
+
+import org.apache.spark.api.java.function.FlatMapGroupsWithStateFunction;
+import org.apache.spark.api.java.function.MapFunction;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Encoders;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.RowFactory;
+import org.apache.spark.sql.streaming.GroupState;
+import org.apache.spark.sql.streaming.GroupStateTimeout;
+import org.apache.spark.sql.streaming.OutputMode;
+import org.apache.spark.sql.types.DataType;
+import org.apache.spark.sql.types.DataTypes;
+import org.apache.spark.sql.types.StructField;
+import org.apache.spark.sql.types.StructType;
+
+import scala.jdk.javaapi.CollectionConverters;
+
+/**
+ * Each customer's running state in the stream's state store, keyed by master_id, touched only for the
+ * customers of a micro-batch (streaming/customer_state.py builds the input and reads the output).
+ *
+ * <p>Input rows are one of three kinds: {@code order} (a valid, de-duplicated order), {@code segment}
+ * (a published segment coming back to the state: the segment last published wins by its
+ * {@code segment_seq}) and {@code invalid} (a quarantined event, keyed by its own dedupe key: passed
+ * through untouched, no state kept). The rules for orders are those of the customer_state MERGE they
+ * replace: counts and cents add up, dates only move outward, and a late order never moves
+ * last_order_date back nor takes over last_order_channel.
+ *
+ * <p>Output: one {@code state} row per customer with orders in the batch (the state after the batch,
+ * with the segment published before it as {@code previous_segment}), and the {@code invalid} rows.
+ */
+public final class CustomerState {
+  public static final String ORDER = "order";
+  public static final String SEGMENT = "segment";
+  public static final String INVALID = "invalid";
+  public static final String STATE = "state";
+
+  /** The state kept per customer, in this order; the bootstrap must have exactly these columns. */
+  public static final StructType STATE_SCHEMA =
+      new StructType()
+          .add("master_id", DataTypes.StringType)
+          .add("order_channel", DataTypes.StringType)
+          .add("last_order_channel", DataTypes.StringType)
+          .add("first_order_date", DataTypes.DateType)
+          .add("last_order_date", DataTypes.DateType)
+          .add("last_order_date_online", DataTypes.DateType)
+          .add("last_order_date_offline", DataTypes.DateType)
+          .add("online_orders", DataTypes.LongType)
+          .add("offline_orders", DataTypes.LongType)
+          .add("online_cents", DataTypes.LongType)
+          .add("offline_cents", DataTypes.LongType)
+          .add("categories", DataTypes.createArrayType(DataTypes.StringType))
+          .add("last_order_ts", DataTypes.TimestampType)
+          .add("seq", DataTypes.LongType)
+          .add("segment", DataTypes.StringType)
+          .add("model_version", DataTypes.StringType)
+          .add("segment_seq", DataTypes.LongType);
+
+  private CustomerState() {}
+
+  /** The output schema for input rows whose quarantine struct has type {@code quarantine}. */
+  public static StructType outputSchema(DataType quarantine) {
+    StructType out = new StructType().add("kind", DataTypes.StringType);
+    for (StructField f : STATE_SCHEMA.fields()) {
+      out = out.add(f);
+    }
+    return out.add("previous_segment", DataTypes.StringType)
+        .add("previous_model_version", DataTypes.StringType)
+        .add("quarantine", quarantine);
+  }
+
+  /**
+   * The state step over a stream of input rows (see the class comment for their columns), with the
+   * bootstrap used only when the query starts without a checkpoint (Spark's initialState).
+   */
+  public static Dataset<Row> apply(Dataset<Row> input, Dataset<Row> bootstrap) {
+    requireSameFields("bootstrap", bootstrap.schema(), STATE_SCHEMA);
+    StructType in = input.schema();
+    StructType out = outputSchema(in.apply("quarantine").dataType());
+    Columns c = new Columns(in);
+    MapFunction<Row, String> key = r -> r.getString(c.masterId);
+    MapFunction<Row, String> stateKey = r -> r.getString(0);
+    FlatMapGroupsWithStateFunction<String, Row, Row, Row> update =
+        (id, rows, state) -> step(c, id, rows, state).iterator();
+    return input
+        .groupByKey(key, Encoders.STRING())
+        .flatMapGroupsWithState(
+            update,
+            OutputMode.Update(),
+            Encoders.row(STATE_SCHEMA),
+            Encoders.row(out),
+            GroupStateTimeout.NoTimeout(),
+            bootstrap.select(STATE_SCHEMA.fieldNames()[0], tail(STATE_SCHEMA.fieldNames()))
+                .groupByKey(stateKey, Encoders.STRING()));
+  }
+
+  private static String[] tail(String[] names) {
+    String[] rest = new String[names.length - 1];
+    System.arraycopy(names, 1, rest, 0, rest.length);
+    return rest;
+  }
+
+  private static void requireSameFields(String what, StructType got, StructType expected) {
+    if (got.length() != expected.length()) {
+      throw new IllegalArgumentException(what + " has columns " + got.simpleString() + ", expected " + expected.simpleString());
+    }
+    for (StructField f : expected.fields()) {
+      int i = got.getFieldIndex(f.name()).getOrElse(() -> -1);
+      if (i < 0 || !got.fields()[i].dataType().equals(f.dataType())) {
+        throw new IllegalArgumentException(what + " has columns " + got.simpleString() + ", expected " + expected.simpleString());
+      }
+    }
+  }
+
+  /** Column positions of the input rows, resolved once. */
+  static final class Columns implements java.io.Serializable {
+    private static final long serialVersionUID = 1L;
+    final int kind;
+    final int masterId;
+    final int eventId;
+    final int orderTime;
+    final int orderDate;
+    final int channel;
+    final int isOnline;
+    final int amountCents;
+    final int categories;
+    final int segment;
+    final int modelVersion;
+    final int segmentSeq;
+    final int quarantine;
+
+    Columns(StructType in) {
+      kind = in.fieldIndex("kind");
+      masterId = in.fieldIndex("master_id");
+      eventId = in.fieldIndex("event_id");
+      orderTime = in.fieldIndex("order_time");
+      orderDate = in.fieldIndex("order_date");
+      channel = in.fieldIndex("channel");
+      isOnline = in.fieldIndex("is_online");
+      amountCents = in.fieldIndex("amount_cents");
+      categories = in.fieldIndex("categories");
+      segment = in.fieldIndex("segment");
+      modelVersion = in.fieldIndex("model_version");
+      segmentSeq = in.fieldIndex("segment_seq");
+      quarantine = in.fieldIndex("quarantine");
+    }
+  }
+
+  /** One customer's state while a batch is applied to it. */
+  static final class Customer {
+    final String masterId;
+    String orderChannel;
+    String lastOrderChannel;
+    Date firstOrderDate;
+    Date lastOrderDate;
+    Date lastOnline;
+    Date lastOffline;
+    long onlineOrders;
+    long offlineOrders;
+    long onlineCents;
+    long offlineCents;
+    List<String> categories;
+    Timestamp lastOrderTs;
+    long seq;
+    String segment;
+    String modelVersion;
+    long segmentSeq;
+
+    Customer(String masterId) {
+      this.masterId = masterId;
+      this.categories = new ArrayList<>();
+      this.segmentSeq = Long.MIN_VALUE;
+    }
+
+    static Customer of(Row s) {
+      Customer c = new Customer(s.getString(0));
+      c.orderChannel = s.getString(1);
+      c.lastOrderChannel = s.getString(2);
+      c.firstOrderDate = s.getDate(3);
+      c.lastOrderDate = s.getDate(4);
+      c.lastOnline = s.getDate(5);
+      c.lastOffline = s.getDate(6);
+      c.onlineOrders = s.isNullAt(7) ? 0 : s.getLong(7);
+      c.offlineOrders = s.isNullAt(8) ? 0 : s.getLong(8);
+      c.onlineCents = s.isNullAt(9) ? 0 : s.getLong(9);
+      c.offlineCents = s.isNullAt(10) ? 0 : s.getLong(10);
+      c.categories = s.isNullAt(11) ? new ArrayList<>() : new ArrayList<>(s.getList(11));
+      c.lastOrderTs = s.getTimestamp(12);
+      c.seq = s.isNullAt(13) ? 0 : s.getLong(13);
+      c.segment = s.getString(14);
+      c.modelVersion = s.getString(15);
+      c.segmentSeq = s.isNullAt(16) ? Long.MIN_VALUE : s.getLong(16);
+      return c;
+    }
+
+    Object[] values() {
+      return new Object[] {
+        masterId, orderChannel, lastOrderChannel, firstOrderDate, lastOrderDate, lastOnline, lastOffline,
+        onlineOrders, offlineOrders, onlineCents, offlineCents, CollectionConverters.asScala(categories).toList(), lastOrderTs, seq, segment,
+        modelVersion, segmentSeq == Long.MIN_VALUE ? null : segmentSeq
+      };
+    }
+  }
+
+  static List<Row> step(Columns c, String id, Iterator<Row> rows, GroupState<Row> state) {
+    List<Row> out = new ArrayList<>();
+    List<Row> orders = new ArrayList<>();
+    List<Row> segments = new ArrayList<>();
+    while (rows.hasNext()) {
+      Row r = rows.next();
+      String kind = r.getString(c.kind);
+      if (INVALID.equals(kind)) {
+        out.add(invalid(c, r));
+      } else if (SEGMENT.equals(kind)) {
+        segments.add(r);
+      } else if (ORDER.equals(kind)) {
+        orders.add(r);
+      } else {
+        throw new IllegalArgumentException("unknown input kind " + kind + " for " + id);
+      }
+    }
+    if (orders.isEmpty() && segments.isEmpty()) {
+      return out;
+    }
+    Customer s = state.exists() ? Customer.of(state.get()) : null;
+    for (Row r : segments) {
+      // Published segments of earlier batches (or of a batch re-score) come back here; the newest wins.
+      long seq = r.getLong(c.segmentSeq);
+      if (s != null && seq > s.segmentSeq) {
+        s.segment = r.getString(c.segment);
+        s.modelVersion = r.getString(c.modelVersion);
+        s.segmentSeq = seq;
+      }
+    }
+    if (orders.isEmpty()) {
+      if (s != null) {
+        state.update(RowFactory.create(s.values()));
+      }
+      return out;
+    }
+    String previousSegment = s == null ? null : s.segment;
+    String previousModel = s == null ? null : s.modelVersion;
+    s = applyOrders(c, s == null ? new Customer(id) : s, s == null, orders);
+    state.update(RowFactory.create(s.values()));
+    Object[] values = s.values();
+    Object[] row = new Object[values.length + 4];
+    row[0] = STATE;
+    System.arraycopy(values, 0, row, 1, values.length);
+    row[values.length + 1] = previousSegment;
+    row[values.length + 2] = previousModel;
+    row[values.length + 3] = null;
+    out.add(RowFactory.create(row));
+    return out;
+  }
+
+  private static Row invalid(Columns c, Row r) {
+    Object[] row = new Object[STATE_SCHEMA.length() + 4];
+    row[0] = INVALID;
+    row[1] = r.getString(c.masterId);
+    row[row.length - 1] = r.get(c.quarantine);
+    return RowFactory.create(row);
+  }
+
+  static Customer applyOrders(Columns c, Customer s, boolean isNew, List<Row> orders) {
+    // (order_time, event_id): the same order as the MERGE's min_by/max_by tiebreak.
+    orders.sort(
+        Comparator.comparing((Row r) -> r.getTimestamp(c.orderTime))
+            .thenComparing(r -> r.getString(c.eventId)));
+    Row first = orders.get(0);
+    Row last = orders.get(orders.size() - 1);
+    Date minDate = null;
+    Date maxDate = null;
+    Date maxOnline = null;
+    Date maxOffline = null;
+    TreeSet<String> newCategories = new TreeSet<>();
+    for (Row r : orders) {
+      Date d = r.getDate(c.orderDate);
+      long cents = r.getLong(c.amountCents);
+      if (r.getBoolean(c.isOnline)) {
+        s.onlineOrders += 1;
+        s.onlineCents += cents;
+        maxOnline = latest(maxOnline, d);
+      } else {
+        s.offlineOrders += 1;
+        s.offlineCents += cents;
+        maxOffline = latest(maxOffline, d);
+      }
+      minDate = earliest(minDate, d);
+      maxDate = latest(maxDate, d);
+      if (!r.isNullAt(c.categories)) {
+        for (Object category : r.getList(c.categories)) {
+          if (category != null) {
+            newCategories.add((String) category);
+          }
+        }
+      }
+    }
+    Timestamp maxTime = last.getTimestamp(c.orderTime);
+    if (isNew) {
+      s.orderChannel = first.getString(c.channel);
+      s.lastOrderChannel = last.getString(c.channel);
+      s.lastOrderTs = maxTime;
+    } else {
+      // The latest order known: its time, or for a history row only its date (any order from that day
+      // on is later). Both count: a late order's time must not hide a later last_order_date.
+      Timestamp known = later(s.lastOrderTs, startOfDay(s.lastOrderDate));
+      if (known == null || maxTime.compareTo(known) > 0) {
+        s.lastOrderChannel = last.getString(c.channel);
+      }
+      s.lastOrderTs = s.lastOrderTs == null || maxTime.compareTo(s.lastOrderTs) > 0 ? maxTime : s.lastOrderTs;
+    }
+    s.firstOrderDate = earliest(s.firstOrderDate, minDate);
+    s.lastOrderDate = latest(s.lastOrderDate, maxDate);
+    s.lastOnline = latest(s.lastOnline, maxOnline);
+    s.lastOffline = latest(s.lastOffline, maxOffline);
+    LinkedHashSet<String> categories = new LinkedHashSet<>(s.categories);
+    categories.addAll(newCategories);
+    s.categories = new ArrayList<>(categories);
+    s.seq += 1;
+    return s;
+  }
+
+  private static Timestamp startOfDay(Date d) {
+    return d == null ? null : Timestamp.from(d.toLocalDate().atStartOfDay(ZoneOffset.UTC).toInstant());
+  }
+
+  private static Timestamp later(Timestamp a, Timestamp b) {
+    if (a == null) {
+      return b;
+    }
+    return b == null || !b.after(a) ? a : b;
+  }
+
+  private static Date earliest(Date a, Date b) {
+    if (a == null) {
+      return b;
+    }
+    return b == null || !b.before(a) ? a : b;
+  }
+
+  private static Date latest(Date a, Date b) {
+    if (a == null) {
+      return b;
+    }
+    return b == null || !b.after(a) ? a : b;
+  }
+}

@@ -1,0 +1,183 @@
+"""The stream's per-customer state step: inputs for the JVM processor (jvm/state) and its output as customer_state.
+
+The processor keeps each customer's running state in the stream's state store, keyed by master_id,
+and touches only the customers of a micro-batch; its rules are in `jvm/state/.../CustomerState.java`
+and are those of the customer_state MERGE it replaces. Money travels in whole cents. Three kinds of
+input rows share one schema: valid orders, published segments coming back (the newest by
+`segment_seq` wins), and quarantined events, which pass through without state.
+"""
+
+from __future__ import annotations
+
+from py4j.protocol import Py4JError
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
+from schemas.tables import QUARANTINE_SCHEMA
+from streaming.events import invalid_event_key, quarantine_rows
+
+PROCESSOR = "flo.seg.state.CustomerState"
+ORDER, SEGMENT, INVALID, STATE = "order", "segment", "invalid", "state"
+
+# The quarantine row rides along nullable: order rows have none.
+_QUARANTINE = T.StructType([T.StructField(f.name, f.dataType, True) for f in QUARANTINE_SCHEMA])
+INPUT_SCHEMA = T.StructType(
+    [
+        T.StructField("kind", T.StringType()),
+        T.StructField("master_id", T.StringType()),
+        T.StructField("event_id", T.StringType()),
+        T.StructField("order_time", T.TimestampType()),
+        T.StructField("order_date", T.DateType()),
+        T.StructField("channel", T.StringType()),
+        T.StructField("is_online", T.BooleanType()),
+        T.StructField("amount_cents", T.LongType()),
+        T.StructField("categories", T.ArrayType(T.StringType())),
+        T.StructField("segment", T.StringType()),
+        T.StructField("model_version", T.StringType()),
+        T.StructField("segment_seq", T.LongType()),
+        T.StructField("quarantine", _QUARANTINE),
+    ]
+)
+# What the state store holds per customer (CustomerState.STATE_SCHEMA, in its order).
+STATE_SCHEMA = T.StructType(
+    [
+        T.StructField("master_id", T.StringType()),
+        T.StructField("order_channel", T.StringType()),
+        T.StructField("last_order_channel", T.StringType()),
+        T.StructField("first_order_date", T.DateType()),
+        T.StructField("last_order_date", T.DateType()),
+        T.StructField("last_order_date_online", T.DateType()),
+        T.StructField("last_order_date_offline", T.DateType()),
+        T.StructField("online_orders", T.LongType()),
+        T.StructField("offline_orders", T.LongType()),
+        T.StructField("online_cents", T.LongType()),
+        T.StructField("offline_cents", T.LongType()),
+        T.StructField("categories", T.ArrayType(T.StringType())),
+        T.StructField("last_order_ts", T.TimestampType()),
+        T.StructField("seq", T.LongType()),
+        T.StructField("segment", T.StringType()),
+        T.StructField("model_version", T.StringType()),
+        T.StructField("segment_seq", T.LongType()),
+    ]
+)
+
+
+def _cents(amount: Column) -> Column:
+    """A money amount in whole cents (the contract counts in cents; a double sum would drift)."""
+    return (amount.cast("decimal(20,2)") * 100).cast("long")
+
+
+def _inputs(**columns: Column) -> list[Column]:
+    """All input columns in INPUT_SCHEMA order, typed nulls where `columns` gives none."""
+    return [columns.get(f.name, F.lit(None)).cast(f.dataType).alias(f.name) for f in INPUT_SCHEMA]
+
+
+def order_inputs(orders_df: DataFrame) -> DataFrame:
+    """Valid orders (streaming.events.valid_orders) as processor input."""
+    return orders_df.select(
+        *_inputs(
+            kind=F.lit(ORDER),
+            master_id=F.col("master_id"),
+            event_id=F.col("event_id"),
+            order_time=F.col("order_time"),
+            order_date=F.col("order_date"),
+            channel=F.col("channel"),
+            is_online=F.col("is_online"),
+            amount_cents=_cents(F.col("amount")),
+            categories=F.col("categories"),
+        )
+    )
+
+
+def invalid_inputs(events_df: DataFrame) -> DataFrame:
+    """Quarantined events as processor input, keyed by their own Kafka coordinates: no customer state is touched."""
+    quarantined = quarantine_rows(events_df)
+    return quarantined.select(
+        *_inputs(
+            kind=F.lit(INVALID),
+            master_id=invalid_event_key(),
+            quarantine=F.struct(*quarantined.columns),
+        )
+    )
+
+
+def segment_inputs(segments_df: DataFrame, seq: Column) -> DataFrame:
+    """Published segments (master_id, segment, model_version) going back to the state, newest `seq` wins."""
+    return segments_df.select(
+        *_inputs(
+            kind=F.lit(SEGMENT),
+            master_id=F.col("master_id"),
+            segment=F.col("segment"),
+            model_version=F.col("model_version"),
+            segment_seq=seq,
+        )
+    )
+
+
+def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -> DataFrame:
+    """customer_state rows (and their published segment, if given) as the processor's initial state."""
+    state = state_df.select(
+        "master_id",
+        "order_channel",
+        "last_order_channel",
+        "first_order_date",
+        "last_order_date",
+        "last_order_date_online",
+        "last_order_date_offline",
+        F.col(ONLINE_ORDERS).cast("long").alias("online_orders"),
+        F.col(OFFLINE_ORDERS).cast("long").alias("offline_orders"),
+        _cents(F.col(ONLINE_VALUE)).alias("online_cents"),
+        _cents(F.col(OFFLINE_VALUE)).alias("offline_cents"),
+        F.col(CATEGORY_LIST).alias("categories"),
+        "last_order_ts",
+    )
+    if segments_df is None:
+        published = state.select(
+            "*", *[F.lit(None).cast(T.StringType()).alias(c) for c in ("segment", "model_version")]
+        )
+    else:
+        published = state.join(segments_df.select("master_id", "segment", "model_version"), "master_id", "left")
+    return published.select(
+        *[
+            (F.lit(0) if f.name in ("seq", "segment_seq") else F.col(f.name)).cast(f.dataType).alias(f.name)
+            for f in STATE_SCHEMA
+        ]
+    )
+
+
+def apply_customer_state(inputs: DataFrame, bootstrap: DataFrame) -> DataFrame:
+    """The processor over `inputs` (INPUT_SCHEMA), starting from `bootstrap` when there is no checkpoint yet."""
+    spark = inputs.sparkSession
+    try:
+        processor = spark._jvm.flo.seg.state.CustomerState  # type: ignore[union-attr]
+        jdf = processor.apply(inputs.select(*INPUT_SCHEMA.fieldNames())._jdf, bootstrap._jdf)
+    except Py4JError as exc:
+        if "CustomerState" in str(exc) and ("does not exist" in str(exc) or "not exist in the JVM" in str(exc)):
+            raise RuntimeError(
+                f"{PROCESSOR} is not on the JVM classpath: run `make setup` (it builds .jars/spark/flo-seg-state.jar) "
+                "or pass that jar to spark-submit --jars"
+            ) from None
+        raise
+    return DataFrame(jdf, spark)
+
+
+def as_customer_state(state_rows: DataFrame) -> DataFrame:
+    """Processor `state` rows in customer_state's shape (money back to double from exact cents)."""
+    return state_rows.where(F.col("kind") == STATE).select(
+        "master_id",
+        "order_channel",
+        "last_order_channel",
+        "first_order_date",
+        "last_order_date",
+        "last_order_date_online",
+        "last_order_date_offline",
+        F.col("online_orders").alias(ONLINE_ORDERS),
+        F.col("offline_orders").alias(OFFLINE_ORDERS),
+        (F.col("offline_cents").cast("decimal(20,0)") / 100).cast("double").alias(OFFLINE_VALUE),
+        (F.col("online_cents").cast("decimal(20,0)") / 100).cast("double").alias(ONLINE_VALUE),
+        F.col("categories").alias(CATEGORY_LIST),
+        "last_order_ts",
+        F.current_timestamp().alias("updated_at"),
+    )
