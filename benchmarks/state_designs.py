@@ -18,7 +18,8 @@ are the same for both; `benchmarks/streaming.py` measures the whole path.
 
 `--front` measures the part before the state instead (needs the broker, `make stack-up`): a topic filled
 with valid events, read by Kafka → parse and check (streaming/events.py) → no de-duplication / today's
-two dropDuplicates / one dropDuplicatesWithinWatermark over the broker timestamp.
+the product's de-duplication (streaming/events.py) / one dropDuplicatesWithinWatermark over the broker
+timestamp.
 
 The Python worker of `tws` must be the project's interpreter: run with PYSPARK_PYTHON=.venv/bin/python.
 Results and the decision: docs/benchmarks.md, "Where the stream keeps its state".
@@ -208,7 +209,7 @@ def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, pe
     parsed = parse_order_events(tagged).withColumn(
         "broker_ts", F.split("kafka_topic", "[|]")[1].cast("double").cast("timestamp")
     )
-    if dedupe == "two-dedupes":
+    if dedupe == "product":
         return drop_duplicate_events(parsed)
     if dedupe == "within-watermark":
         return parsed.withWatermark("broker_ts", "1 hour").dropDuplicatesWithinWatermark([DEDUPE_KEY, CONTENT_KEY])
@@ -226,7 +227,7 @@ def run_front(spark: SparkSession, args: argparse.Namespace, work: Path) -> None
     print(f"topic {args.topic} filled with {args.front_events:,} events in {time.monotonic() - started:.1f}s")
     print("| front | events | batches | mean batch s | events/s (after the first batch) |")
     print("| --- | --- | --- | --- | --- |")
-    variants = ["none", "two-dedupes", "within-watermark"] + (["within-watermark+jvm"] if args.jvm_jar else [])
+    variants = ["none", "product", "within-watermark"] + (["within-watermark+jvm"] if args.jvm_jar else [])
     for dedupe in variants:
         checkpoint = work / f"checkpoint-front-{dedupe}"
         shutil.rmtree(checkpoint, ignore_errors=True)

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
+from streaming.events import DEFAULT_DEDUPE_WINDOW
 
 log = logging.getLogger("flo_seg")
 
@@ -29,6 +31,17 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+_INTERVAL = re.compile(r"(\d+) *(second|minute|hour|day)s?")
+
+
+def _interval(text: str) -> str:
+    """A positive duration such as `24 hours` or `30 minutes`, in the form Spark's watermark takes."""
+    match = _INTERVAL.fullmatch(text.strip().lower())
+    if match is None or int(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like '24 hours' or '30 minutes', got {text!r}")
+    return f"{int(match[1])} {match[2]}s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=7,
         help="re-score customers whose segment is older than this in event time (default 7)",
+    )
+    stream.add_argument(
+        "--dedupe-window",
+        type=_interval,
+        default=DEFAULT_DEDUPE_WINDOW,
+        help=f"a re-sent event_id is dropped within this much stream time of its first copy "
+        f"(default {DEFAULT_DEDUPE_WINDOW!r})",
     )
     stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _kafka_option_flags(stream)
@@ -329,6 +349,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         max_offsets_per_trigger=args.max_offsets_per_trigger,
         starting_offsets=args.starting_offsets,
         aging_days=args.aging_days,
+        dedupe_window=args.dedupe_window,
         kafka_options=read_kafka_options(args.kafka_option, args.kafka_options_file),
     )
     spark = build_session(default_spark_settings("flo-seg-stream"))

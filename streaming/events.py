@@ -22,6 +22,9 @@ DETAIL = "detail"
 DEDUPE_KEY = "dedupe_key"
 CONTENT_KEY = "content_key"
 CORRUPT_COLUMN = "_corrupt_json"
+# When the stream read an event (its micro-batch time): the clock of the de-duplication window.
+INGESTED_AT = "ingested_at"
+DEFAULT_DEDUPE_WINDOW = "24 hours"
 # The ids are parsed as variants, so a JSON number or object is told apart from a string; their JSON types.
 ID_FIELDS: tuple[str, ...] = ("event_id", "master_id")
 ID_TYPE_SUFFIX = "_json_type"
@@ -208,13 +211,23 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
     )
 
 
-def drop_duplicate_events(events_df: DataFrame) -> DataFrame:
-    """First occurrence of each event_id, in two stateful steps so the log can tell re-sends from conflicts.
+def drop_duplicate_events(events_df: DataFrame, window: str = DEFAULT_DEDUPE_WINDOW) -> DataFrame:
+    """First occurrence of each event_id within `window`, in two bounded steps so the log tells re-sends from conflicts.
 
-    The first drops exact re-sends (same event_id, same content); the second drops what is left over
-    for an event_id, i.e. a later event that reuses an event_id with different content.
+    The first step drops exact re-sends (same event_id, same content); the second drops what is left over
+    for an event_id, i.e. a later event that reuses an event_id with different content. Both keep their
+    keys only for the window, measured on stream time (the micro-batch that read the event), never on the
+    order's time nor on the producer's Kafka timestamp: so a late order is never dropped for being late,
+    and old record timestamps cannot make the stream drop events. A copy that arrives within `window` of
+    the first is always dropped; one more than twice the window later is counted again (in between it
+    may be either: a key expires once the watermark, stream time minus the window, passes its expiry).
     """
-    return events_df.dropDuplicates([DEDUPE_KEY, CONTENT_KEY]).dropDuplicates([DEDUPE_KEY])
+    return (
+        events_df.withColumn(INGESTED_AT, F.current_timestamp())
+        .withWatermark(INGESTED_AT, window)
+        .dropDuplicatesWithinWatermark([DEDUPE_KEY, CONTENT_KEY])
+        .dropDuplicatesWithinWatermark([DEDUPE_KEY])
+    )
 
 
 def quarantine_rows(events_df: DataFrame) -> DataFrame:

@@ -41,7 +41,14 @@ from schemas.tables import (
     STREAM_CLOCK_SCHEMA,
     conform,
 )
-from streaming.events import REASON, drop_duplicate_events, parse_order_events, quarantine_rows, valid_orders
+from streaming.events import (
+    DEFAULT_DEDUPE_WINDOW,
+    REASON,
+    drop_duplicate_events,
+    parse_order_events,
+    quarantine_rows,
+    valid_orders,
+)
 from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ class StreamSettings:
     max_offsets_per_trigger: int | None = 200_000
     starting_offsets: str = "earliest"
     aging_days: int = 7
+    dedupe_window: str = DEFAULT_DEDUPE_WINDOW
     kafka_options: dict[str, str] = field(default_factory=dict)
 
 
@@ -391,9 +399,11 @@ class BatchLogger(StreamingQueryListener):
         progress = event.progress
         with self.lock:
             metrics = self.pending.pop(progress.batchId, None)
-        if metrics is None:
+        # Watermark-only batches (Spark runs them to expire de-duplication state) read nothing: no line
+        # unless they re-scored someone.
+        if metrics is None or (not progress.numInputRows and not metrics.rescored):
             return
-        dedupes = [op for op in progress.stateOperators or [] if op.operatorName == "dedupe"]
+        dedupes = [op for op in progress.stateOperators or [] if op.operatorName in DEDUPE_OPERATORS]
         # drop_duplicate_events chains (event_id, content) then event_id; progress lists the outer one first.
         conflicts = _dropped(dedupes[0]) if dedupes else 0
         resent = sum(_dropped(op) for op in dedupes[1:])
@@ -421,12 +431,16 @@ class BatchLogger(StreamingQueryListener):
         )
 
 
+# Spark's names of the de-duplication operators in a query's progress (bounded and unbounded).
+DEDUPE_OPERATORS = frozenset({"dedupeWithinWatermark", "dedupe"})
+
+
 def _dropped(operator: Any) -> int:
     return int((operator.customMetrics or {}).get("numDroppedDuplicateRows", 0))
 
 
 def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
-    """The Kafka source, parsed and de-duplicated on event_id (state kept in the checkpoint)."""
+    """The Kafka source, parsed and de-duplicated on event_id within the window (state kept in the checkpoint)."""
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
@@ -438,7 +452,7 @@ def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
         reader = reader.option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
     for key, value in settings.kafka_options.items():
         reader = reader.option(key, value)
-    return drop_duplicate_events(parse_order_events(reader.load()))
+    return drop_duplicate_events(parse_order_events(reader.load()), settings.dedupe_window)
 
 
 def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:

@@ -21,8 +21,12 @@ def test_batch_line_tells_re_sends_from_conflicting_duplicates(caplog: pytest.Lo
     logger.record(BatchMetrics(batch_id=7, valid=990, quarantined=4, customers_updated=800, model_version="v1"))
     # As drop_duplicate_events lists them: the event_id step (conflicts), then the (event_id, content) step.
     operators = [
-        SimpleNamespace(operatorName="dedupe", customMetrics={"numDroppedDuplicateRows": 2}, numRowsTotal=120_000),
-        SimpleNamespace(operatorName="dedupe", customMetrics={"numDroppedDuplicateRows": 6}, numRowsTotal=120_050),
+        SimpleNamespace(
+            operatorName="dedupeWithinWatermark", customMetrics={"numDroppedDuplicateRows": 2}, numRowsTotal=120_000
+        ),
+        SimpleNamespace(
+            operatorName="dedupeWithinWatermark", customMetrics={"numDroppedDuplicateRows": 6}, numRowsTotal=120_050
+        ),
         SimpleNamespace(operatorName="stateStoreSave", customMetrics={"numDroppedDuplicateRows": 99}, numRowsTotal=5),
     ]
     with caplog.at_level(logging.INFO, logger="streaming.job"):
