@@ -8,7 +8,9 @@ micro-batch) over a bootstrap of N customers, with RocksDB state and changelog c
 - `tws`: the Python Row-based transformWithState (Spark 4.1+) with the bootstrap as initialState and one
   ValueState per customer;
 - `jvm`: a Java flatMapGroupsWithState (`jvm/spikes/TotalsState.java`, compiled here against pyspark's
-  own jars) with the bootstrap as initialState, called through py4j.
+  own jars) with the bootstrap as initialState, called through py4j;
+- `product`: the winner as built, the product's state step (`jvm/state`, `make setup` builds it) with
+  the whole customer state (17 fields: dates, channels, categories, segment, sequence numbers).
 
 The sink materialises the changed customers (a count in foreachBatch), so a batch's time is the cost of
 reading its events and updating the state of its customers. Kafka parsing and scoring come on top and
@@ -255,7 +257,43 @@ def run_front(spark: SparkSession, args: argparse.Namespace, work: Path) -> None
         print(f"| {dedupe} | {rows:,} | {len(steady)} | {seconds / len(steady):.2f} | {rows / seconds:,.0f} |")
 
 
-QUERIES = {"builtin": builtin_query, "tws": tws_query, "jvm": jvm_query}
+def product_query(spark: SparkSession, work: Path) -> DataFrame:
+    """The product's state step (jvm/state via streaming/customer_state.py): the full customer state."""
+    from streaming.customer_state import apply_customer_state, bootstrap_state, order_inputs
+
+    boot = (
+        spark.read.schema(STATE_SCHEMA)
+        .parquet(str(work / "bootstrap"))
+        .select(
+            "master_id",
+            F.lit("Offline").alias("order_channel"),
+            F.lit("Mobile").alias("last_order_channel"),
+            "first_order_date",
+            "last_order_date",
+            F.col("last_order_date").alias("last_order_date_online"),
+            F.col("first_order_date").alias("last_order_date_offline"),
+            F.col("online_orders").alias("order_num_total_ever_online"),
+            F.col("offline_orders").alias("order_num_total_ever_offline"),
+            F.col("offline_value").alias("customer_value_total_ever_offline"),
+            F.col("online_value").alias("customer_value_total_ever_online"),
+            F.array(F.lit("KADIN")).alias("interested_in_categories_12"),
+            F.lit(None).cast("timestamp").alias("last_order_ts"),
+        )
+    )
+    events = _file_stream(spark, work / "events" / "*", EVENT_SCHEMA).select(
+        "master_id",
+        F.expr("uuid()").alias("event_id"),
+        (F.col("order_date").cast("timestamp") + F.expr("make_interval(0, 0, 0, 0, 0, 0, amount)")).alias("order_time"),
+        "order_date",
+        F.when(F.col("is_online"), F.lit("Mobile")).otherwise(F.lit("Offline")).alias("channel"),
+        "is_online",
+        "amount",
+        F.array(F.lit("ERKEK")).alias("categories"),
+    )
+    return apply_customer_state(order_inputs(events), bootstrap_state(boot))
+
+
+QUERIES = {"builtin": builtin_query, "tws": tws_query, "jvm": jvm_query, "product": product_query}
 
 
 def build_spike_jar(work: Path) -> str:
