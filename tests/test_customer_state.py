@@ -19,6 +19,7 @@ from streaming.customer_state import (
     apply_customer_state,
     as_customer_state,
     bootstrap_state,
+    order_inputs,
 )
 
 D = dt.date
@@ -197,3 +198,72 @@ def test_a_bootstrap_of_another_shape_is_refused(spark: SparkSession) -> None:
     """The processor checks its initial state's columns and names what it expected."""
     with pytest.raises(Exception, match="bootstrap has columns"):
         apply_customer_state(inputs(spark, []), spark.createDataFrame([("x",)], "master_id string"))
+
+
+def test_the_state_step_equals_the_customer_state_merge_on_the_real_data(
+    spark: SparkSession, real_data_path: Path, tmp_path: Path
+) -> None:
+    """Customer by customer, the JVM step gives what the customer_state MERGE gives for the same orders."""
+    from delta.tables import DeltaTable
+
+    from batch.load import read_history
+    from batch.train import state_from_history
+    from batch.validate import validate_history
+    from schemas.tables import CUSTOMER_STATE_SCHEMA
+    from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
+
+    validated = validate_history(read_history(spark, str(real_data_path)))
+    history_df = state_from_history(validated).select(*CUSTOMER_STATE_SCHEMA.fieldNames()).cache()
+    # 1-3 orders for a third of the customers and for a few new ones: around each last order (so many are
+    # late), on hash-chosen channels, amounts and categories.
+    ids = history_df.select("master_id", "last_order_date").where(F.pmod(F.xxhash64("master_id"), F.lit(3)) == 0)
+    ids = ids.unionByName(
+        spark.range(50).select(
+            F.format_string("new-%03d", "id").alias("master_id"), F.lit(D(2021, 5, 1)).alias("last_order_date")
+        )
+    )
+    channels = F.array(*[F.lit(c) for c in ("Android App", "Ios App", "Desktop", "Mobile", "Offline")])
+    orders = (
+        ids.withColumn(
+            "n", F.explode(F.sequence(F.lit(1), (F.abs(F.xxhash64("master_id", F.lit("orders"))) % 3 + 1).cast("int")))
+        )
+        .withColumn("h", F.abs(F.xxhash64("master_id", "n")))
+        .select(
+            "master_id",
+            F.concat_ws("-", "master_id", "n").alias("event_id"),
+            (
+                F.col("last_order_date").cast("timestamp")
+                + F.make_interval(days=(F.col("h") % 120 - 60).cast("int"), hours=(F.col("h") % 2).cast("int"))
+            ).alias("order_time"),
+            F.element_at(channels, (F.col("h") % 5 + 1).cast("int")).alias("channel"),
+            ((F.col("h") % 100_000) / 100 + 0.01).alias("amount"),
+            # A deterministic subset (a mask from the hash), unlike shuffle(): both paths read the same orders.
+            F.expr(
+                "filter(array('KADIN', 'ERKEK', 'COCUK', 'AKTIFSPOR', 'AKTIFCOCUK'), (c, i) -> shiftright(h, i + 7) % 2 = 1)"
+            ).alias("categories"),
+        )
+        .withColumn("order_date", F.to_date("order_time"))
+        .withColumn("is_online", F.col("channel") != "Offline")
+        .cache()
+    )
+    assert orders.count() > 10_000
+
+    path = str(tmp_path / "customer_state")
+    history_df.write.format("delta").save(path)
+    (
+        DeltaTable.forPath(spark, path)
+        .alias("t")
+        .merge(customer_order_deltas(orders).alias("s"), "t.master_id = s.master_id")
+        .whenMatchedUpdate(set=state_merge_updates())
+        .whenNotMatchedInsert(values=state_merge_inserts())
+        .execute()
+    )
+    columns = [c for c in history_df.columns if c != "updated_at"]
+    touched = orders.select("master_id").distinct()
+    merged = spark.read.format("delta").load(path).join(touched, "master_id", "left_semi").select(*columns)
+    stepped = as_customer_state(apply_customer_state(order_inputs(orders), bootstrap_state(history_df))).select(
+        *columns
+    )
+    assert stepped.count() == merged.count() == touched.count()
+    assert stepped.exceptAll(merged).count() == 0
+    assert merged.exceptAll(stepped).count() == 0
