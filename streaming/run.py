@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
 
 from flo_seg.settings import LakeSettings
 from streaming.job import BatchLogger, StreamSettings, start_stream
@@ -40,6 +41,20 @@ def read_kafka_options(pairs: list[str], options_file: str | None) -> dict[str, 
     return options
 
 
+def stop_between_batches(query: StreamingQuery, timeout_s: float = 120.0) -> None:
+    """Stop the query once no micro-batch runs (or after `timeout_s`): `stop()` interrupts a running batch.
+
+    Spark starts a batch without new data right after one that moved the de-duplication watermark, so
+    a stop right after a batch would often interrupt that one (it logs a failure, and is replayed on
+    the next start); waiting for the trigger to go idle avoids it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if query.isActive:
+        query.stop()
+
+
 def run_stream(
     spark: SparkSession, lake: LakeSettings, settings: StreamSettings, *, duration_s: float | None = None
 ) -> int:
@@ -66,8 +81,7 @@ def run_stream(
                     break
                 query.awaitTermination(timeout=1)
         finally:
-            if query.isActive:
-                query.stop()
+            stop_between_batches(query)
     error = query.exception()
     if error is not None:
         log.error("stream failed: %s", error)
