@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from kafka import KafkaProducer
 from pyspark.sql import SparkSession
+from pyspark.sql import types as T
 
 from batch.generate import write_history_csv
 from batch.train import run_train
@@ -22,6 +23,17 @@ from flo_seg.stack import TopicSpec, ensure_topics
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))
+
+# Rows shaped like Spark's Kafka source (key, value, coordinates), for tests without a broker.
+KAFKA_SCHEMA = T.StructType(
+    [
+        T.StructField("key", T.BinaryType()),
+        T.StructField("value", T.BinaryType()),
+        T.StructField("topic", T.StringType()),
+        T.StructField("partition", T.IntegerType()),
+        T.StructField("offset", T.LongType()),
+    ]
+)
 
 
 def fresh_topics(bootstrap: str) -> tuple[str, str]:

@@ -7,19 +7,9 @@ import time
 from pathlib import Path
 
 from pyspark.sql import SparkSession
-from pyspark.sql import types as T
+from streaming_support import KAFKA_SCHEMA
 
 from streaming.events import drop_duplicate_events, parse_order_events
-
-KAFKA_SCHEMA = T.StructType(
-    [
-        T.StructField("key", T.BinaryType()),
-        T.StructField("value", T.BinaryType()),
-        T.StructField("topic", T.StringType()),
-        T.StructField("partition", T.IntegerType()),
-        T.StructField("offset", T.LongType()),
-    ]
-)
 
 
 def record(event_id: str, offset: int, amount: float = 10.0) -> tuple[bytes, bytes, str, int, int]:

@@ -12,20 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import types as T
+from streaming_support import KAFKA_SCHEMA
 
 from schemas.events import EARLIEST_ORDER, event_json_schema
 from streaming.events import DETAIL, REASON, parse_order_events, quarantine_rows, valid_orders
 
-KAFKA_SCHEMA = T.StructType(
-    [
-        T.StructField("key", T.BinaryType()),
-        T.StructField("value", T.BinaryType()),
-        T.StructField("topic", T.StringType()),
-        T.StructField("partition", T.IntegerType()),
-        T.StructField("offset", T.LongType()),
-    ]
-)
 GOOD: dict[str, Any] = {
     "event_id": "e-1",
     "master_id": "cc294636-19f0-11eb-8d74-000d3a38a36f",
