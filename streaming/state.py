@@ -49,9 +49,10 @@ def state_merge_updates() -> dict[str, str | Column]:
         "last_order_date": "greatest(t.last_order_date, s.max_order_date)",
         "last_order_date_online": "greatest(t.last_order_date_online, s.max_online_date)",
         "last_order_date_offline": "greatest(t.last_order_date_offline, s.max_offline_date)",
-        # History rows know only the date of their last order: any order from that day on is later.
+        # History rows know only the date of their last order: any order from that day on is later. Both
+        # count (greatest skips a null): a late order's time must not hide a later last_order_date.
         "last_order_channel": (
-            "CASE WHEN s.max_order_time > coalesce(t.last_order_ts, CAST(t.last_order_date AS TIMESTAMP)) "
+            "CASE WHEN s.max_order_time > greatest(t.last_order_ts, CAST(t.last_order_date AS TIMESTAMP)) "
             "THEN s.last_channel ELSE t.last_order_channel END"
         ),
         "last_order_ts": "greatest(t.last_order_ts, s.max_order_time)",

@@ -267,3 +267,34 @@ def test_the_state_step_equals_the_customer_state_merge_on_the_real_data(
     assert stepped.count() == merged.count() == touched.count()
     assert stepped.exceptAll(merged).count() == 0
     assert merged.exceptAll(stepped).count() == 0
+
+
+def test_two_late_orders_in_two_batches_keep_the_history_channel_in_the_merge_too(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """The customer_state MERGE of today's stream and the JVM step agree on a late order after a late order."""
+    from delta.tables import DeltaTable
+
+    from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
+
+    path = str(tmp_path / "customer_state")
+    history(spark, [HISTORY]).withColumn("updated_at", F.current_timestamp()).write.format("delta").save(path)
+    state = bootstrap_state(history(spark, [HISTORY]))
+    for event_id, at, channel in (("e1", TS(2021, 4, 1, 10), "Android App"), ("e2", TS(2021, 4, 15, 10), "Desktop")):
+        batch = [order("h1", event_id, at, channel, 100, [])]
+        orders = inputs(spark, batch).withColumn("amount", F.col("amount_cents") / 100)
+        (
+            DeltaTable.forPath(spark, path)
+            .alias("t")
+            .merge(customer_order_deltas(orders).alias("s"), "t.master_id = s.master_id")
+            .whenMatchedUpdate(set=state_merge_updates())
+            .whenNotMatchedInsert(values=state_merge_inserts())
+            .execute()
+        )
+        state = bootstrap_state(as_customer_state(apply_customer_state(inputs(spark, batch), state)))
+    merged = spark.read.format("delta").load(path).first()
+    stepped = state.first()
+    assert merged is not None and stepped is not None
+    assert (merged["last_order_channel"], merged["last_order_date"]) == ("Offline", D(2021, 5, 1))
+    assert (stepped["last_order_channel"], stepped["last_order_date"]) == ("Offline", D(2021, 5, 1))
+    assert merged["last_order_ts"] == stepped["last_order_ts"] == TS(2021, 4, 15, 10)
