@@ -19,11 +19,12 @@ are the same for both; `benchmarks/streaming.py` measures the whole path.
     python -m benchmarks.state_designs --customers 1000000 --batch-events 100000 --batches 5
 
 `--front` measures the part before the state instead (needs the broker, `make stack-up`): a topic filled
-with valid events, read by Kafka → parse and check (streaming/events.py) → no de-duplication / today's
+with valid events, read by Kafka → parse and check (streaming/events.py) → no de-duplication /
 the product's de-duplication (streaming/events.py) / one dropDuplicatesWithinWatermark over the broker
 timestamp.
 
-The Python worker of `tws` must be the project's interpreter: run with PYSPARK_PYTHON=.venv/bin/python.
+The Python worker of `tws` must be the project's interpreter (PYSPARK_PYTHON=.venv/bin/python), and the
+Python transformWithState needs `protobuf` (pip install protobuf), which the product does not depend on.
 Results and the decision: docs/benchmarks.md, "Where the stream keeps its state".
 """
 
