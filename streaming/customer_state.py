@@ -9,8 +9,8 @@ input rows share one schema: valid orders, published segments coming back (the n
 
 from __future__ import annotations
 
-from py4j.protocol import Py4JError
-from pyspark.sql import Column, DataFrame
+from py4j.java_gateway import JavaClass, JavaObject
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -40,6 +40,8 @@ INPUT_SCHEMA = T.StructType(
         T.StructField("quarantine", _QUARANTINE),
     ]
 )
+
+
 # What the state store holds per customer (CustomerState.STATE_SCHEMA, in its order).
 STATE_SCHEMA = T.StructType(
     [
@@ -116,6 +118,19 @@ def segment_inputs(segments_df: DataFrame, seq: Column) -> DataFrame:
     )
 
 
+def processor(spark: SparkSession, name: str = PROCESSOR) -> JavaObject:
+    """The processor's JVM class, or a RuntimeError saying how to get it (py4j returns a package otherwise)."""
+    found: JavaObject = spark._jvm
+    for part in name.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, JavaClass):
+        raise RuntimeError(
+            f"{name} is not on the JVM classpath: run `make setup` (it builds .jars/spark/flo-seg-state.jar) "
+            "or pass that jar to spark-submit --jars"
+        )
+    return found
+
+
 def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -> DataFrame:
     """customer_state rows (and their published segment, if given) as the processor's initial state."""
     state = state_df.select(
@@ -150,16 +165,7 @@ def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -
 def apply_customer_state(inputs: DataFrame, bootstrap: DataFrame) -> DataFrame:
     """The processor over `inputs` (INPUT_SCHEMA), starting from `bootstrap` when there is no checkpoint yet."""
     spark = inputs.sparkSession
-    try:
-        processor = spark._jvm.flo.seg.state.CustomerState  # type: ignore[union-attr]
-        jdf = processor.apply(inputs.select(*INPUT_SCHEMA.fieldNames())._jdf, bootstrap._jdf)
-    except Py4JError as exc:
-        if "CustomerState" in str(exc) and ("does not exist" in str(exc) or "not exist in the JVM" in str(exc)):
-            raise RuntimeError(
-                f"{PROCESSOR} is not on the JVM classpath: run `make setup` (it builds .jars/spark/flo-seg-state.jar) "
-                "or pass that jar to spark-submit --jars"
-            ) from None
-        raise
+    jdf = processor(spark).apply(inputs.select(*INPUT_SCHEMA.fieldNames())._jdf, bootstrap._jdf)
     return DataFrame(jdf, spark)
 
 

@@ -20,6 +20,7 @@ from streaming.customer_state import (
     as_customer_state,
     bootstrap_state,
     order_inputs,
+    processor,
 )
 
 D = dt.date
@@ -192,6 +193,13 @@ def test_state_lives_in_the_checkpoint_across_batches_and_restarts(spark: SparkS
     assert [(r["seq"], r["offline_orders"], r["offline_cents"], r["last_order_date"]) for r in restarted] == [
         (3, 5, 5005 + 250 + 1, D(2021, 5, 4))
     ]
+
+
+def test_a_processor_missing_from_the_classpath_says_how_to_get_it(spark: SparkSession) -> None:
+    """py4j returns a package for an unknown class; the step turns that into one clear error."""
+    assert processor(spark)._fqn == "flo.seg.state.CustomerState"
+    with pytest.raises(RuntimeError, match="not on the JVM classpath: run `make setup`"):
+        processor(spark, "flo.seg.state.NoSuchStep")
 
 
 def test_a_bootstrap_of_another_shape_is_refused(spark: SparkSession) -> None:
