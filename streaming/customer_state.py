@@ -9,6 +9,8 @@ input rows share one schema: valid orders, published segments coming back (the n
 
 from __future__ import annotations
 
+import json
+
 from py4j.java_gateway import JavaClass, JavaObject
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -38,30 +40,6 @@ INPUT_SCHEMA = T.StructType(
         T.StructField("model_version", T.StringType()),
         T.StructField("segment_seq", T.LongType()),
         T.StructField("quarantine", _QUARANTINE),
-    ]
-)
-
-
-# What the state store holds per customer (CustomerState.STATE_SCHEMA, in its order).
-STATE_SCHEMA = T.StructType(
-    [
-        T.StructField("master_id", T.StringType()),
-        T.StructField("order_channel", T.StringType()),
-        T.StructField("last_order_channel", T.StringType()),
-        T.StructField("first_order_date", T.DateType()),
-        T.StructField("last_order_date", T.DateType()),
-        T.StructField("last_order_date_online", T.DateType()),
-        T.StructField("last_order_date_offline", T.DateType()),
-        T.StructField("online_orders", T.LongType()),
-        T.StructField("offline_orders", T.LongType()),
-        T.StructField("online_cents", T.LongType()),
-        T.StructField("offline_cents", T.LongType()),
-        T.StructField("categories", T.ArrayType(T.StringType())),
-        T.StructField("last_order_ts", T.TimestampType()),
-        T.StructField("seq", T.LongType()),
-        T.StructField("segment", T.StringType()),
-        T.StructField("model_version", T.StringType()),
-        T.StructField("segment_seq", T.LongType()),
     ]
 )
 
@@ -131,6 +109,13 @@ def processor(spark: SparkSession, name: str = PROCESSOR) -> JavaObject:
     return found
 
 
+def state_schema(spark: SparkSession) -> T.StructType:
+    """What the state store holds per customer, in its order: the processor's own definition."""
+    schema = T.StructType.fromJson(json.loads(processor(spark).STATE_SCHEMA.json()))
+    assert isinstance(schema, T.StructType)
+    return schema
+
+
 def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -> DataFrame:
     """customer_state rows (and their published segment, if given) as the processor's initial state."""
     state = state_df.select(
@@ -157,7 +142,7 @@ def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -
     return published.select(
         *[
             (F.lit(0) if f.name in ("seq", "segment_seq") else F.col(f.name)).cast(f.dataType).alias(f.name)
-            for f in STATE_SCHEMA
+            for f in state_schema(state_df.sparkSession)
         ]
     )
 

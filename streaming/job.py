@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _TXN_APP = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+# Spark's name of a dropDuplicatesWithinWatermark step in a query's progress.
+DEDUPE_OPERATOR = "dedupeWithinWatermark"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,7 +405,7 @@ class BatchLogger(StreamingQueryListener):
         # unless they re-scored someone.
         if metrics is None or (not progress.numInputRows and not metrics.rescored):
             return
-        dedupes = [op for op in progress.stateOperators or [] if op.operatorName in DEDUPE_OPERATORS]
+        dedupes = [op for op in progress.stateOperators or [] if op.operatorName == DEDUPE_OPERATOR]
         # drop_duplicate_events chains (event_id, content) then event_id; progress lists the outer one first.
         conflicts = _dropped(dedupes[0]) if dedupes else 0
         resent = sum(_dropped(op) for op in dedupes[1:])
@@ -429,10 +431,6 @@ class BatchLogger(StreamingQueryListener):
             seconds,
             read / seconds if seconds else 0.0,
         )
-
-
-# Spark's names of the de-duplication operators in a query's progress (bounded and unbounded).
-DEDUPE_OPERATORS = frozenset({"dedupeWithinWatermark", "dedupe"})
 
 
 def _dropped(operator: Any) -> int:

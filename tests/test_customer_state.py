@@ -10,6 +10,8 @@ import pytest
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
+from flo_seg.settings import LakeSettings
+from schemas.tables import CUSTOMER_STATE
 from streaming.customer_state import (
     INPUT_SCHEMA,
     INVALID,
@@ -22,6 +24,7 @@ from streaming.customer_state import (
     order_inputs,
     processor,
 )
+from streaming.job import merge_state
 
 D = dt.date
 TS = dt.datetime
@@ -212,13 +215,11 @@ def test_the_state_step_equals_the_customer_state_merge_on_the_real_data(
     spark: SparkSession, real_data_path: Path, tmp_path: Path
 ) -> None:
     """Customer by customer, the JVM step gives what the customer_state MERGE gives for the same orders."""
-    from delta.tables import DeltaTable
-
     from batch.load import read_history
     from batch.train import state_from_history
     from batch.validate import validate_history
     from schemas.tables import CUSTOMER_STATE_SCHEMA
-    from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
+    from streaming.state import customer_order_deltas
 
     validated = validate_history(read_history(spark, str(real_data_path)))
     history_df = state_from_history(validated).select(*CUSTOMER_STATE_SCHEMA.fieldNames()).cache()
@@ -256,16 +257,10 @@ def test_the_state_step_equals_the_customer_state_merge_on_the_real_data(
     )
     assert orders.count() > 10_000
 
-    path = str(tmp_path / "customer_state")
+    lake = LakeSettings(root=str(tmp_path))
+    path = lake.table(CUSTOMER_STATE)
     history_df.write.format("delta").save(path)
-    (
-        DeltaTable.forPath(spark, path)
-        .alias("t")
-        .merge(customer_order_deltas(orders).alias("s"), "t.master_id = s.master_id")
-        .whenMatchedUpdate(set=state_merge_updates())
-        .whenNotMatchedInsert(values=state_merge_inserts())
-        .execute()
-    )
+    merge_state(spark, lake, customer_order_deltas(orders), "parity", 0)
     columns = [c for c in history_df.columns if c != "updated_at"]
     touched = orders.select("master_id").distinct()
     merged = spark.read.format("delta").load(path).join(touched, "master_id", "left_semi").select(*columns)
@@ -281,24 +276,17 @@ def test_two_late_orders_in_two_batches_keep_the_history_channel_in_the_merge_to
     spark: SparkSession, tmp_path: Path
 ) -> None:
     """The customer_state MERGE of today's stream and the JVM step agree on a late order after a late order."""
-    from delta.tables import DeltaTable
+    from streaming.state import customer_order_deltas
 
-    from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
-
-    path = str(tmp_path / "customer_state")
+    lake = LakeSettings(root=str(tmp_path))
+    path = lake.table(CUSTOMER_STATE)
     history(spark, [HISTORY]).withColumn("updated_at", F.current_timestamp()).write.format("delta").save(path)
     state = bootstrap_state(history(spark, [HISTORY]))
-    for event_id, at, channel in (("e1", TS(2021, 4, 1, 10), "Android App"), ("e2", TS(2021, 4, 15, 10), "Desktop")):
+    late = (("e1", TS(2021, 4, 1, 10), "Android App"), ("e2", TS(2021, 4, 15, 10), "Desktop"))
+    for batch_id, (event_id, at, channel) in enumerate(late):
         batch = [order("h1", event_id, at, channel, 100, [])]
         orders = inputs(spark, batch).withColumn("amount", F.col("amount_cents") / 100)
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("t")
-            .merge(customer_order_deltas(orders).alias("s"), "t.master_id = s.master_id")
-            .whenMatchedUpdate(set=state_merge_updates())
-            .whenNotMatchedInsert(values=state_merge_inserts())
-            .execute()
-        )
+        merge_state(spark, lake, customer_order_deltas(orders), "late-orders", batch_id)
         state = bootstrap_state(as_customer_state(apply_customer_state(inputs(spark, batch), state)))
     merged = spark.read.format("delta").load(path).first()
     stepped = state.first()

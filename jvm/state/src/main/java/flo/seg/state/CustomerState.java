@@ -101,25 +101,17 @@ public final class CustomerState {
             Encoders.row(STATE_SCHEMA),
             Encoders.row(out),
             GroupStateTimeout.NoTimeout(),
-            bootstrap.select(STATE_SCHEMA.fieldNames()[0], tail(STATE_SCHEMA.fieldNames()))
-                .groupByKey(stateKey, Encoders.STRING()));
-  }
-
-  private static String[] tail(String[] names) {
-    String[] rest = new String[names.length - 1];
-    System.arraycopy(names, 1, rest, 0, rest.length);
-    return rest;
+            bootstrap.selectExpr(STATE_SCHEMA.fieldNames()).groupByKey(stateKey, Encoders.STRING()));
   }
 
   private static void requireSameFields(String what, StructType got, StructType expected) {
-    if (got.length() != expected.length()) {
-      throw new IllegalArgumentException(what + " has columns " + got.simpleString() + ", expected " + expected.simpleString());
-    }
+    boolean same = got.length() == expected.length();
     for (StructField f : expected.fields()) {
       int i = got.getFieldIndex(f.name()).getOrElse(() -> -1);
-      if (i < 0 || !got.fields()[i].dataType().equals(f.dataType())) {
-        throw new IllegalArgumentException(what + " has columns " + got.simpleString() + ", expected " + expected.simpleString());
-      }
+      same = same && i >= 0 && got.fields()[i].dataType().equals(f.dataType());
+    }
+    if (!same) {
+      throw new IllegalArgumentException(what + " has columns " + got.simpleString() + ", expected " + expected.simpleString());
     }
   }
 
