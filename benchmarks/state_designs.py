@@ -25,6 +25,7 @@ timestamp.
 
 The Python worker of `tws` must be the project's interpreter (PYSPARK_PYTHON=.venv/bin/python), and the
 Python transformWithState needs `protobuf` (pip install protobuf), which the product does not depend on.
+`--parse-profile` times `parse_order_events` in batch over such a topic, cached in memory.
 Results and the decision: docs/benchmarks.md, "Where the stream keeps its state".
 """
 
@@ -219,6 +220,39 @@ def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, pe
     return parsed
 
 
+def run_parse_profile(spark: SparkSession, args: argparse.Namespace) -> None:
+    """Seconds per pass (best of 3, `noop` writes) of the parse and its JSON steps over the topic, cached."""
+    from streaming.events import parse_order_events
+
+    fill_topic(spark, args.bootstrap_servers, args.topic, args.front_events, args.customers)
+    kafka = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", args.bootstrap_servers)
+        .option("subscribe", args.topic)
+        .load()
+        .select("key", "value", "topic", "partition", "offset")
+        .repartition(2)
+        .cache()
+    )
+    records = kafka.count()
+    raw = F.col("value").cast("string")
+    steps = {
+        "from_json alone": kafka.select(F.from_json(raw, "event_id string, amount double").alias("e")),
+        "try_parse_json alone": kafka.select(F.expr("try_parse_json(CAST(value AS STRING))").alias("v")),
+        "json_array_length alone": kafka.select(F.json_array_length(F.concat(F.lit("["), raw, F.lit("]")))),
+        "parse_order_events": parse_order_events(kafka),
+    }
+    print(f"| step ({records:,} records, cached) | best of 3 s | records/s |")
+    print("| --- | ---: | ---: |")
+    for name, df in steps.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.monotonic()
+            df.write.format("noop").mode("overwrite").save()
+            best = min(best, time.monotonic() - started)
+        print(f"| {name} | {best:.2f} | {records / best:,.0f} |")
+
+
 def _materialise(batch: DataFrame, _batch_id: int) -> None:
     batch.count()
 
@@ -312,29 +346,22 @@ def build_spike_jar(work: Path) -> str:
     return str(jar)
 
 
-def run(spark: SparkSession, design: str, work: Path, batches: int) -> list[tuple[int, float]]:
-    """(rows out, seconds) per micro-batch; the bootstrap batch of `builtin` is the first entry."""
+def run(spark: SparkSession, design: str, work: Path) -> list[tuple[int, float]]:
+    """(customers changed, seconds) per micro-batch; the first batch also loads the bootstrap."""
     checkpoint = work / f"checkpoint-{design}"
     shutil.rmtree(checkpoint, ignore_errors=True)
-    df = QUERIES[design](spark, work)
-    seen: list[tuple[int, float]] = []
-
-    def sink(batch: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        seen.append((batch.count(), started))
-
-    mode = "update"
+    changed: list[int] = []
     query = (
-        df.writeStream.outputMode(mode)
+        QUERIES[design](spark, work)
+        .writeStream.outputMode("update")
         .option("checkpointLocation", str(checkpoint))
-        .foreachBatch(sink)
+        .foreachBatch(lambda batch, _batch_id: changed.append(batch.count()))
         .trigger(availableNow=True)
         .start()
     )
     query.awaitTermination()
-    durations = [(p["batchId"], p["durationMs"]["triggerExecution"] / 1000.0) for p in query.recentProgress]
-    rows = [n for n, _ in seen]
-    return [(rows[i] if i < len(rows) else 0, s) for i, (_, s) in enumerate(durations)]
+    seconds = [p["durationMs"]["triggerExecution"] / 1000.0 for p in query.recentProgress]
+    return [(changed[i] if i < len(changed) else 0, s) for i, s in enumerate(seconds)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=None)
     parser.add_argument("--jvm-jar", default=None, help="jar of the `jvm` design (default: compiled here)")
     parser.add_argument("--front", action="store_true", help="measure Kafka → parse → de-duplicate instead")
+    parser.add_argument("--parse-profile", action="store_true", help="time the parse in batch over a filled topic")
     parser.add_argument("--front-events", type=int, default=1_000_000)
     parser.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     parser.add_argument("--topic", default="spike.orders")
@@ -370,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
             **({"spark.driver.extraClassPath": args.jvm_jar} if args.jvm_jar else {}),
         },
     )
+    if args.parse_profile:
+        run_parse_profile(spark, args)
+        return
     if args.front:
         if args.jvm_jar:
             write_inputs(spark, work, args.customers, 1, 0)
@@ -382,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| design | customers | events/batch | bootstrap s | mean batch s | max batch s | events/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for design in args.designs.split(","):
-        measured = run(spark, design, work, args.batches)
+        measured = run(spark, design, work)
         # The first batch loads the bootstrap (with the first event file); the second warms up. Neither counts.
         boot_s = measured[0][1]
         steady = [s for _, s in measured[2:]] or [s for _, s in measured[1:]]
