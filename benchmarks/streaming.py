@@ -58,6 +58,7 @@ from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE, SEGMENT_CHANGES, S
 from streaming.events import parse_order_events, valid_orders
 from streaming.job import BatchLogger, BatchMetrics, StreamSettings, start_stream
 from streaming.produce import CustomerProfiles, ProduceSettings, load_profiles, run_produce
+from streaming.run import stop_between_batches
 from streaming.state import CENTS, state_merge_inserts, state_merge_updates
 
 log = logging.getLogger("benchmarks.streaming")
@@ -640,8 +641,7 @@ def run_throughput(
     except Exception as exc:
         result.error = _first_line(exc)
     finally:
-        if query.isActive:
-            query.stop()
+        stop_between_batches(query)
         if pattern == PRODUCT:
             spark.streams.removeListener(recorder)
     result.query_seconds = round(time.monotonic() - started, 1)
@@ -818,8 +818,7 @@ def run_latency(
         log.exception("%s failed", label)
         return result
     finally:
-        if query.isActive:
-            query.stop()
+        stop_between_batches(query)
         spark.streams.removeListener(recorder)
 
     batches = [
