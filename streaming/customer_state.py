@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
 from schemas.tables import QUARANTINE_SCHEMA
-from streaming.events import invalid_event_key, quarantine_rows
+from streaming.events import REASON, invalid_event_key, order_columns, quarantine_columns
 
 PROCESSOR = "flo.seg.state.CustomerState"
 ORDER, SEGMENT, INVALID, STATE = "order", "segment", "invalid", "state"
@@ -39,6 +39,7 @@ INPUT_SCHEMA = T.StructType(
         T.StructField("segment", T.StringType()),
         T.StructField("model_version", T.StringType()),
         T.StructField("segment_seq", T.LongType()),
+        T.StructField("as_of", T.DateType()),
         T.StructField("quarantine", _QUARANTINE),
     ]
 )
@@ -71,27 +72,42 @@ def order_inputs(orders_df: DataFrame) -> DataFrame:
     )
 
 
-def invalid_inputs(events_df: DataFrame) -> DataFrame:
-    """Quarantined events as processor input, keyed by their own Kafka coordinates: no customer state is touched."""
-    quarantined = quarantine_rows(events_df)
-    return quarantined.select(
+def event_inputs(events_df: DataFrame) -> DataFrame:
+    """Parsed events (valid or not) as processor input in one pass over them: valid orders keyed by
+    master_id, quarantined events by their own Kafka coordinates (no customer state is touched).
+
+    One projection, not a union of two filtered copies: in a streaming query each copy would read
+    and parse the Kafka source again.
+    """
+    valid = F.col(REASON).isNull()
+    order = order_columns()
+    return events_df.select(
         *_inputs(
-            kind=F.lit(INVALID),
-            master_id=invalid_event_key(),
-            quarantine=F.struct(*quarantined.columns),
+            kind=F.when(valid, F.lit(ORDER)).otherwise(F.lit(INVALID)),
+            master_id=F.when(valid, F.col("master_id")).otherwise(invalid_event_key()),
+            event_id=F.when(valid, order["event_id"]),
+            order_time=F.when(valid, order["order_time"]),
+            order_date=F.when(valid, order["order_date"]),
+            channel=F.when(valid, order["channel"]),
+            is_online=F.when(valid, order["is_online"]),
+            amount_cents=F.when(valid, _cents(order["amount"])),
+            categories=F.when(valid, order["categories"]),
+            quarantine=F.when(~valid, F.struct(*quarantine_columns())),
         )
     )
 
 
-def segment_inputs(segments_df: DataFrame, seq: Column) -> DataFrame:
-    """Published segments (master_id, segment, model_version) going back to the state, newest `seq` wins."""
+def segment_inputs(segments_df: DataFrame) -> DataFrame:
+    """Published segment rows (segment_log) going back to the state; the newest by
+    (state_seq, model_version, as_of) wins."""
     return segments_df.select(
         *_inputs(
             kind=F.lit(SEGMENT),
             master_id=F.col("master_id"),
             segment=F.col("segment"),
             model_version=F.col("model_version"),
-            segment_seq=seq,
+            segment_seq=F.col("state_seq"),
+            as_of=F.col("as_of"),
         )
     )
 
@@ -116,6 +132,11 @@ def state_schema(spark: SparkSession) -> T.StructType:
     return schema
 
 
+def _seq(df: DataFrame) -> Column:
+    """A table's state_seq (0 where unknown: a history row, or a lake from before the column)."""
+    return F.coalesce(F.col("state_seq"), F.lit(0)) if "state_seq" in df.columns else F.lit(0)
+
+
 def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -> DataFrame:
     """customer_state rows (and their published segment, if given) as the processor's initial state."""
     state = state_df.select(
@@ -132,18 +153,23 @@ def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -
         _cents(F.col(OFFLINE_VALUE)).alias("offline_cents"),
         F.col(CATEGORY_LIST).alias("categories"),
         "last_order_ts",
+        _seq(state_df).alias("seq"),
     )
     if segments_df is None:
         published = state.select(
-            "*", *[F.lit(None).cast(T.StringType()).alias(c) for c in ("segment", "model_version")]
+            "*", *[F.lit(None).alias(c) for c in ("segment", "model_version", "segment_seq", "segment_as_of")]
         )
     else:
-        published = state.join(segments_df.select("master_id", "segment", "model_version"), "master_id", "left")
+        segments = segments_df.select(
+            "master_id",
+            "segment",
+            "model_version",
+            _seq(segments_df).alias("segment_seq"),
+            F.col("as_of").alias("segment_as_of"),
+        )
+        published = state.join(segments, "master_id", "left")
     return published.select(
-        *[
-            (F.lit(0) if f.name in ("seq", "segment_seq") else F.col(f.name)).cast(f.dataType).alias(f.name)
-            for f in state_schema(state_df.sparkSession)
-        ]
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in state_schema(state_df.sparkSession)]
     )
 
 
@@ -154,8 +180,8 @@ def apply_customer_state(inputs: DataFrame, bootstrap: DataFrame) -> DataFrame:
     return DataFrame(jdf, spark)
 
 
-def as_customer_state(state_rows: DataFrame) -> DataFrame:
-    """Processor `state` rows in customer_state's shape (money back to double from exact cents)."""
+def as_customer_state(state_rows: DataFrame, *extra: str) -> DataFrame:
+    """Processor `state` rows in customer_state's shape (money back to double from exact cents), plus `extra`."""
     return state_rows.where(F.col("kind") == STATE).select(
         "master_id",
         "order_channel",
@@ -171,4 +197,6 @@ def as_customer_state(state_rows: DataFrame) -> DataFrame:
         F.col("categories").alias(CATEGORY_LIST),
         "last_order_ts",
         F.current_timestamp().alias("updated_at"),
+        F.col("seq").alias("state_seq"),
+        *extra,
     )

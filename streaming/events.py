@@ -230,29 +230,34 @@ def drop_duplicate_events(events_df: DataFrame, window: str = DEFAULT_DEDUPE_WIN
     )
 
 
-def quarantine_rows(events_df: DataFrame) -> DataFrame:
-    """Invalid events as `quarantine` rows: raw value, Kafka coordinates and reason."""
-    return events_df.where(F.col(REASON).isNotNull()).select(
+def quarantine_columns() -> list[Column]:
+    """An invalid event's `quarantine` row: raw value, Kafka coordinates and reason."""
+    return [
         F.lit("kafka").alias("source"),
         F.col("raw_value").alias("raw_record"),
         F.col(REASON).alias("reason"),
         F.col(DETAIL).alias("detail"),
-        "kafka_topic",
-        "kafka_partition",
-        "kafka_offset",
+        F.col("kafka_topic"),
+        F.col("kafka_partition"),
+        F.col("kafka_offset"),
         F.current_timestamp().alias("detected_at"),
-    )
+    ]
+
+
+def order_columns() -> dict[str, Column]:
+    """A valid event's columns that the state update needs, by name."""
+    names = ("event_id", "master_id", "order_time", "order_date", "channel", "is_online", "amount")
+    return {
+        **{name: F.col(name) for name in names},
+        "categories": F.coalesce(F.col("categories"), F.array().cast("array<string>")),
+    }
+
+
+def quarantine_rows(events_df: DataFrame) -> DataFrame:
+    """Invalid events as `quarantine` rows."""
+    return events_df.where(F.col(REASON).isNotNull()).select(*quarantine_columns())
 
 
 def valid_orders(events_df: DataFrame) -> DataFrame:
     """Valid events only, with the columns the state update needs."""
-    return events_df.where(F.col(REASON).isNull()).select(
-        "event_id",
-        "master_id",
-        "order_time",
-        "order_date",
-        "channel",
-        "is_online",
-        "amount",
-        F.coalesce(F.col("categories"), F.array().cast("array<string>")).alias("categories"),
-    )
+    return events_df.where(F.col(REASON).isNull()).select(*[c.alias(n) for n, c in order_columns().items()])

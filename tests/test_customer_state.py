@@ -24,7 +24,7 @@ from streaming.customer_state import (
     order_inputs,
     processor,
 )
-from streaming.job import merge_state
+from streaming.state import merge_state
 
 D = dt.date
 TS = dt.datetime
@@ -54,7 +54,7 @@ def history(spark: SparkSession, rows: list[Row]) -> DataFrame:
         "customer_value_total_ever_offline double, customer_value_total_ever_online double, "
         "interested_in_categories_12 array<string>, last_order_ts timestamp"
     )
-    return spark.createDataFrame(rows, schema)
+    return spark.createDataFrame(rows, schema).withColumn("state_seq", F.lit(0).cast("long"))
 
 
 def order(master_id: str, event_id: str, at: dt.datetime, channel: str, cents: int, cats: list[str]) -> dict[str, Any]:
@@ -80,11 +80,25 @@ def by_key(df: DataFrame) -> dict[str, Row]:
     return {r["master_id"]: r for r in df.collect()}
 
 
+def ack(master_id: str, segment: str, model: str, seq: int, as_of: dt.date) -> dict[str, Any]:
+    return {
+        "kind": SEGMENT,
+        "master_id": master_id,
+        "segment": segment,
+        "model_version": model,
+        "segment_seq": seq,
+        "as_of": as_of,
+    }
+
+
 def test_orders_follow_the_customer_state_rules(spark: SparkSession) -> None:
     """Counts and cents add up, dates move outward, late orders keep the last channel; new customers, pass-through."""
     boot = bootstrap_state(
         history(spark, [HISTORY]),
-        spark.createDataFrame([("h1", "champions", "v1")], "master_id string, segment string, model_version string"),
+        spark.createDataFrame(
+            [("h1", "champions", "v1", 0, D(2021, 5, 3))],
+            "master_id string, segment string, model_version string, state_seq long, as_of date",
+        ),
     )
     quarantined = {
         "source": "kafka",
@@ -104,7 +118,10 @@ def test_orders_follow_the_customer_state_rules(spark: SparkSession) -> None:
             order("h1", "e2", TS(2021, 5, 2, 9), "Mobile", 500, []),
             order("n1", "e3", TS(2021, 5, 3, 12), "Offline", 2000, ["COCUK"]),
             order("n1", "e4", TS(2021, 5, 3, 8), "Ios App", 3000, []),
-            {"kind": SEGMENT, "master_id": "h1", "segment": "at_risk", "model_version": "v2", "segment_seq": 5},
+            # Published segments come back; the newest by (state seq, model version, as-of date) wins.
+            ack("h1", "at_risk", "v2", 5, D(2021, 5, 3)),
+            ack("h1", "hibernating", "v9", 4, D(2021, 6, 1)),
+            ack("h1", "need_attention", "v2", 5, D(2021, 5, 1)),
             {"kind": INVALID, "master_id": "invalid:t:0:7", "quarantine": Row(**quarantined)},
         ],
     )
@@ -122,6 +139,7 @@ def test_orders_follow_the_customer_state_rules(spark: SparkSession) -> None:
     assert h1["categories"] == ["KADIN", "ERKEK"]
     # The segment published before this batch (the one that came back last) is what a change compares to.
     assert (h1["previous_segment"], h1["previous_model_version"], h1["seq"]) == ("at_risk", "v2", 1)
+    assert (h1["segment_seq"], h1["segment_as_of"], h1["batch_orders"]) == (5, D(2021, 5, 3), 2)
     assert (n1["order_channel"], n1["last_order_channel"]) == ("Ios App", "Offline")
     assert (n1["online_orders"], n1["offline_orders"], n1["online_cents"], n1["offline_cents"]) == (1, 1, 3000, 2000)
     assert (n1["first_order_date"], n1["last_order_date"], n1["categories"]) == (
@@ -179,7 +197,7 @@ def test_state_lives_in_the_checkpoint_across_batches_and_restarts(spark: SparkS
         inputs(spark, rows).coalesce(1).write.parquet(str(source / name))
 
     add_file("b0", [order("h1", "e1", TS(2021, 5, 2, 9), "Mobile", 1000, [])])
-    add_file("b1", [{"kind": SEGMENT, "master_id": "h1", "segment": "loyal", "model_version": "v1", "segment_seq": 1}])
+    add_file("b1", [ack("h1", "loyal", "v1", 1, D(2021, 5, 2))])
     add_file("b2", [order("h1", "e2", TS(2021, 5, 3, 9), "Offline", 250, ["ERKEK"])])
     seen: list[Row] = []
     _run(spark, source, checkpoint, bootstrap_state(history(spark, [HISTORY])), seen)

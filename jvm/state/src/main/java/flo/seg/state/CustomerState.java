@@ -38,7 +38,8 @@ import scala.jdk.javaapi.CollectionConverters;
  * last_order_date back nor takes over last_order_channel.
  *
  * <p>Output: one {@code state} row per customer with orders in the batch (the state after the batch,
- * with the segment published before it as {@code previous_segment}), and the {@code invalid} rows.
+ * with the segment published before it as {@code previous_segment} and the number of orders applied
+ * as {@code batch_orders}), and the {@code invalid} rows.
  */
 public final class CustomerState {
   public static final String ORDER = "order";
@@ -65,7 +66,8 @@ public final class CustomerState {
           .add("seq", DataTypes.LongType)
           .add("segment", DataTypes.StringType)
           .add("model_version", DataTypes.StringType)
-          .add("segment_seq", DataTypes.LongType);
+          .add("segment_seq", DataTypes.LongType)
+          .add("segment_as_of", DataTypes.DateType);
 
   private CustomerState() {}
 
@@ -77,6 +79,7 @@ public final class CustomerState {
     }
     return out.add("previous_segment", DataTypes.StringType)
         .add("previous_model_version", DataTypes.StringType)
+        .add("batch_orders", DataTypes.LongType)
         .add("quarantine", quarantine);
   }
 
@@ -130,6 +133,7 @@ public final class CustomerState {
     final int segment;
     final int modelVersion;
     final int segmentSeq;
+    final int asOf;
     final int quarantine;
 
     Columns(StructType in) {
@@ -145,6 +149,7 @@ public final class CustomerState {
       segment = in.fieldIndex("segment");
       modelVersion = in.fieldIndex("model_version");
       segmentSeq = in.fieldIndex("segment_seq");
+      asOf = in.fieldIndex("as_of");
       quarantine = in.fieldIndex("quarantine");
     }
   }
@@ -168,6 +173,7 @@ public final class CustomerState {
     String segment;
     String modelVersion;
     long segmentSeq;
+    Date segmentAsOf;
 
     Customer(String masterId) {
       this.masterId = masterId;
@@ -193,6 +199,7 @@ public final class CustomerState {
       c.segment = s.getString(14);
       c.modelVersion = s.getString(15);
       c.segmentSeq = s.isNullAt(16) ? Long.MIN_VALUE : s.getLong(16);
+      c.segmentAsOf = s.getDate(17);
       return c;
     }
 
@@ -200,7 +207,7 @@ public final class CustomerState {
       return new Object[] {
         masterId, orderChannel, lastOrderChannel, firstOrderDate, lastOrderDate, lastOnline, lastOffline,
         onlineOrders, offlineOrders, onlineCents, offlineCents, CollectionConverters.asScala(categories).toList(), lastOrderTs, seq, segment,
-        modelVersion, segmentSeq == Long.MIN_VALUE ? null : segmentSeq
+        modelVersion, segmentSeq == Long.MIN_VALUE ? null : segmentSeq, segmentAsOf
       };
     }
   }
@@ -227,12 +234,16 @@ public final class CustomerState {
     }
     Customer s = state.exists() ? Customer.of(state.get()) : null;
     for (Row r : segments) {
-      // Published segments of earlier batches (or of a batch re-score) come back here; the newest wins.
+      // Published segments of earlier batches (or of a sweep, re-score or retrain) come back here; the
+      // newest wins: scored on a later state, then by a later model version, then at a later date.
       long seq = r.getLong(c.segmentSeq);
-      if (s != null && seq > s.segmentSeq) {
+      String model = r.getString(c.modelVersion);
+      Date asOf = r.getDate(c.asOf);
+      if (s != null && isNewer(seq, model, asOf, s.segmentSeq, s.modelVersion, s.segmentAsOf)) {
         s.segment = r.getString(c.segment);
-        s.modelVersion = r.getString(c.modelVersion);
+        s.modelVersion = model;
         s.segmentSeq = seq;
+        s.segmentAsOf = asOf;
       }
     }
     if (orders.isEmpty()) {
@@ -246,18 +257,31 @@ public final class CustomerState {
     s = applyOrders(c, s == null ? new Customer(id) : s, s == null, orders);
     state.update(RowFactory.create(s.values()));
     Object[] values = s.values();
-    Object[] row = new Object[values.length + 4];
+    Object[] row = new Object[values.length + 5];
     row[0] = STATE;
     System.arraycopy(values, 0, row, 1, values.length);
     row[values.length + 1] = previousSegment;
     row[values.length + 2] = previousModel;
-    row[values.length + 3] = null;
+    row[values.length + 3] = (long) orders.size();
+    row[values.length + 4] = null;
     out.add(RowFactory.create(row));
     return out;
   }
 
+  /** (seq, model version, as-of) compared in that order; a missing model version or date is oldest. */
+  static boolean isNewer(long seq, String model, Date asOf, long oldSeq, String oldModel, Date oldAsOf) {
+    if (seq != oldSeq) {
+      return seq > oldSeq;
+    }
+    int byModel = Comparator.nullsFirst(Comparator.<String>naturalOrder()).compare(model, oldModel);
+    if (byModel != 0) {
+      return byModel > 0;
+    }
+    return Comparator.nullsFirst(Comparator.<Date>naturalOrder()).compare(asOf, oldAsOf) > 0;
+  }
+
   private static Row invalid(Columns c, Row r) {
-    Object[] row = new Object[STATE_SCHEMA.length() + 4];
+    Object[] row = new Object[STATE_SCHEMA.length() + 5];
     row[0] = INVALID;
     row[1] = r.getString(c.masterId);
     row[row.length - 1] = r.get(c.quarantine);
