@@ -91,11 +91,23 @@ def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
     """Create a table with its contract schema if missing, then set the contract properties it lacks.
 
     Adding `delta.enableDeletionVectors` upgrades the table protocol (readers need Delta 2.3 or later).
+    A table written by an older version gets the nullable contract columns it lacks (e.g. state_seq).
     """
     path = lake.table(name)
     if not table_exists(spark, lake, name):
-        empty = spark.createDataFrame([], TABLE_SCHEMAS[name])
-        with_conflict_retry(lambda: empty.write.format("delta").mode("append").save(path), what=f"create {name}")
+        # Created empty, with its properties from version 0 (a change data feed must cover every version).
+        empty = spark.createDataFrame([], TABLE_SCHEMAS[name]).write.format("delta").mode("append")
+        for key, value in TABLE_PROPERTIES.get(name, {}).items():
+            empty = empty.option(key, value)
+        with_conflict_retry(lambda: empty.save(path), what=f"create {name}")
+    have = set(spark.read.format("delta").load(path).columns)
+    added = [f for f in TABLE_SCHEMAS[name].fields if f.name not in have and f.nullable]
+    if added:
+        log.info("%s: adding columns %s", name, [f.name for f in added])
+        columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in added)
+        with_conflict_retry(
+            lambda: spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})"), what=f"add columns to {name}"
+        )
     wanted = TABLE_PROPERTIES.get(name, {})
     current = table_properties(spark, lake, name) if wanted else {}
     missing = {key: value for key, value in wanted.items() if current.get(key) != value}

@@ -1,7 +1,7 @@
 """`flo-seg maintain`: compact the lake's tables and drop files no version needs any more.
 
 Every micro-batch of the stream adds a few small files to the tables it writes, and with deletion
-vectors its MERGEs mark replaced rows instead of rewriting files. Both keep a micro-batch cheap, and
+vectors the compaction's MERGEs mark replaced rows instead of rewriting files. Both keep a micro-batch cheap, and
 both slowly make reads dearer: more files to list and open, more rows to filter out. OPTIMIZE folds the
 small files together and rewrites the files whose deletion vectors hide many rows; VACUUM then deletes
 the data files that only versions older than the retention period still reference. Both commit like any
@@ -19,12 +19,28 @@ from pyspark.sql import SparkSession
 
 from batch.lake import table_exists, with_conflict_retry
 from flo_seg.settings import LakeSettings
-from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE, QUARANTINE, SEGMENT_CHANGES
+from schemas.tables import (
+    COMPACTIONS,
+    CUSTOMER_SEGMENTS,
+    CUSTOMER_STATE,
+    QUARANTINE,
+    SEGMENT_CHANGES,
+    SEGMENT_LOG,
+    STATE_LOG,
+)
 
 log = logging.getLogger(__name__)
 
 # The tables that grow a little with every micro-batch.
-MAINTAINED_TABLES: tuple[str, ...] = (CUSTOMER_STATE, CUSTOMER_SEGMENTS, SEGMENT_CHANGES, QUARANTINE)
+MAINTAINED_TABLES: tuple[str, ...] = (
+    CUSTOMER_STATE,
+    CUSTOMER_SEGMENTS,
+    SEGMENT_CHANGES,
+    QUARANTINE,
+    STATE_LOG,
+    SEGMENT_LOG,
+    COMPACTIONS,
+)
 # Delta's own default retention; VACUUM refuses shorter ones unless its safety check is disabled.
 DEFAULT_RETAIN_HOURS = 168.0
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"

@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from batch.compact import append_segments, compact_lake, reset_logs
 from batch.features import CLUSTER_FEATURES, with_customer_features
 from batch.lake import append_table, overwrite_table, read_table, table_exists
 from batch.load import read_history
@@ -38,6 +39,7 @@ from schemas.tables import (
     CUSTOMER_STATE_SCHEMA,
     QUARANTINE,
     SEGMENT_PROFILES,
+    STATE_LOG,
     STREAM_CLOCK,
 )
 
@@ -70,8 +72,10 @@ class TrainSummary:
 def state_from_history(validated_df: DataFrame) -> DataFrame:
     """Customer-state rows from validated history rows (integers for counts, stamped now)."""
     kept = validated_df.where(F.col(REASON).isNull())
-    stamped = kept.withColumn("updated_at", F.current_timestamp()).withColumn(
-        "last_order_ts", F.lit(None).cast("timestamp")
+    stamped = (
+        kept.withColumn("updated_at", F.current_timestamp())
+        .withColumn("last_order_ts", F.lit(None).cast("timestamp"))
+        .withColumn("state_seq", F.lit(0).cast("long"))
     )
     return stamped.select(*[F.col(f.name).cast(f.dataType) for f in CUSTOMER_STATE_SCHEMA.fields], ROW_ORDER)
 
@@ -98,6 +102,10 @@ def streamed_into(spark: SparkSession, lake: LakeSettings) -> str | None:
     """How the stream has changed this lake's customer_state, or None if it never has."""
     if not table_exists(spark, lake, CUSTOMER_STATE):
         return None
+    if table_exists(spark, lake, STATE_LOG):
+        updates = read_table(spark, lake, STATE_LOG).count()
+        if updates:
+            return f"{updates} stream state update(s) in {STATE_LOG}"
     history = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history().select("operation")
     merges = history.where(F.col("operation") == "MERGE").count()
     if merges:
@@ -162,6 +170,7 @@ def run_train(
         state = state_from_history(validated)
         order_col_name = ROW_ORDER
     else:
+        compact_lake(spark, lake)  # what the stream added counts
         state = read_table(spark, lake, CUSTOMER_STATE)
         order_col_name = "master_id"
     summary.as_of = resolve_as_of(state, as_of)
@@ -230,7 +239,12 @@ def run_train(
         if history_path is not None:
             append_table(quarantine_rows(validated, f"history:{history_path}"), lake, QUARANTINE)
             overwrite_table(state, lake, CUSTOMER_STATE)
-        overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
+            overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
+            reset_logs(spark, lake)
+        else:
+            # Through segment_log, like a re-score: a running stream's state learns the new segments.
+            append_segments(scored, lake, "train")
+            compact_lake(spark, lake)
         write_profiles(spark, lake, scored, version)
         write_campaigns(lake, scored)
         publish_model(spark, lake, record)

@@ -38,8 +38,7 @@ from flo_seg.settings import LakeSettings, default_spark_settings
 from flo_seg.spark import build_session
 from schemas.history import CATEGORIES, CHANNELS
 from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, conform
-from streaming.job import merge_state
-from streaming.state import customer_order_deltas
+from streaming.state import customer_order_deltas, merge_state
 
 log = logging.getLogger("benchmarks.merge_scaling")
 

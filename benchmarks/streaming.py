@@ -5,15 +5,19 @@ Everything runs in one local SparkSession against the shared Kafka broker:
 1. the lake: `--customers` generated customers, `run_train` with k fixed; built once per size and cached
    under `--work`, then copied for every run so each run starts from the same tables;
 2. a fresh topic pre-filled with `--events` valid orders by the project's producer (timed on its own);
-3. throughput: the product's stream (`start_stream`, available-now, fresh checkpoint, fresh changes
-   topic) drains the topic once per `--max-offsets` value; events/s = input rows over the span from the
-   first batch's start to the last batch's end (query progress), with a per-batch breakdown rebuilt
-   from the Delta commit log (each idempotent write carries its batch id as `txnVersion`);
+3. throughput: the product's stream (`start_stream`: state in the state store, available-now, fresh
+   checkpoint, fresh changes topic) and today's MERGE design (`benchmarks.merge_design`) each drain the
+   topic once per `--max-offsets` value; events/s = Kafka rows over the span from the first batch's
+   start to the last batch's end (query progress), with a per-batch breakdown rebuilt from the Delta
+   commit log (each idempotent write carries its batch id as `txnVersion`); the product's compaction
+   after the drain is timed apart;
 4. baseline: the Delta documentation's upsert-from-foreachBatch pattern, one MERGE of the raw
    micro-batch rows into customer_state, on the same topic and trigger sizes (see `NAIVE_VARIANTS`);
-5. latency: the product's stream on a processing-time trigger while a separate producer process sends
-   at each `--rates` value; latency = commit time of the customer_segments MERGE of the micro-batch that
-   read the event minus the event's Kafka timestamp (stamped by the producer when it sends).
+5. latency: each of `--designs` on a processing-time trigger while a separate producer process sends
+   at each `--rates` value; latency = end of the micro-batch that read the event (its segment change is
+   on Kafka and in Delta by then) minus the event's Kafka timestamp (stamped by the producer when it
+   sends). The product runs with its background compaction; how far customer_state and
+   customer_segments lagged the stream is reported beside.
 
 A Markdown report with MET/MISSED verdicts goes to stdout, all numbers to the JSON file `--out`.
 """
@@ -48,13 +52,23 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from batch.compact import Compactor, compact_lake
 from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
+from benchmarks.merge_design import start_merge_stream
 from flo_seg.settings import REPO_ROOT, LakeSettings, TrainSettings, default_spark_settings
 from flo_seg.spark import build_session
 from flo_seg.stack import TopicSpec, admin_client, ensure_topics
-from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE, SEGMENT_CHANGES, STREAM_CLOCK
+from schemas.tables import (
+    COMPACTIONS,
+    CUSTOMER_SEGMENTS,
+    CUSTOMER_STATE,
+    SEGMENT_CHANGES,
+    SEGMENT_LOG,
+    STATE_LOG,
+    STREAM_CLOCK,
+)
 from streaming.events import parse_order_events, valid_orders
 from streaming.job import BatchLogger, BatchMetrics, StreamSettings, start_stream
 from streaming.produce import CustomerProfiles, ProduceSettings, load_profiles, run_produce
@@ -68,8 +82,13 @@ TARGET_EVENTS_PER_S = 100_000.0
 TARGET_P99_S = 2.0
 TARGET_P99_RATE = 5_000.0
 TARGET_SPEEDUP = 5.0
+TARGET_DESIGN_THROUGHPUT = 10.0  # x the MERGE design's events/s
+TARGET_DESIGN_P99 = 20.0  # x lower p99 than the MERGE design's
+TARGET_FRESHNESS_S = 30.0
 
-PRODUCT = "product"
+PRODUCT = "product"  # the state-store design (streaming.job)
+MERGE_DESIGN = "merge"  # today's MERGE design (benchmarks.merge_design), the issue's comparison
+DESIGNS: tuple[str, ...] = (PRODUCT, MERGE_DESIGN)
 # The Delta docs' foreachBatch upsert merges the raw micro-batch with `whenMatchedUpdateAll`. Orders are
 # counted, not replaced, so the raw rows become per-order increments (the product's own SET clauses),
 # and Delta rejects two source rows for one target row. Hence three readings of "the naive pattern":
@@ -79,19 +98,22 @@ NAIVE_LATEST = "naive-latest"  # the docs' dedupe to the latest row per key, one
 NAIVE_VARIANTS: tuple[str, ...] = (NAIVE_RAW, NAIVE_ROUNDS, NAIVE_LATEST)
 BASELINE = NAIVE_ROUNDS
 
-# Phases of one product micro-batch, each ending at the commit named first (see `product_batches`).
-PHASES: tuple[tuple[str, str], ...] = (
-    ("state", "Kafka read + parse + dedupe + customer_state MERGE"),
-    ("changes", "re-score + diff + segment_changes append"),
-    ("segments", "customer_segments MERGE"),
-    ("clock", "publish changes to Kafka + stream_clock write"),
-    ("end", "offsets + state store commit"),
-)
-PHASE_TABLES = {
-    "state": CUSTOMER_STATE,
-    "changes": SEGMENT_CHANGES,
-    "segments": CUSTOMER_SEGMENTS,
-    "clock": STREAM_CLOCK,
+# Phases of one micro-batch per design, each ending at a commit (table, txnAppId suffix); see `design_batches`.
+PHASES: dict[str, tuple[tuple[str, str, str | None, str | None], ...]] = {
+    PRODUCT: (
+        ("state", "Kafka read + parse + dedupe + state step + state_log append", STATE_LOG, "state_log:stream"),
+        ("changes", "score + diff + segment_changes append", SEGMENT_CHANGES, "changes"),
+        ("segments", "segment_log append", SEGMENT_LOG, "segment_log:stream"),
+        ("clock", "publish changes to Kafka + stream_clock write", STREAM_CLOCK, "clock"),
+        ("end", "offsets + state store commit", None, None),
+    ),
+    MERGE_DESIGN: (
+        ("state", "Kafka read + parse + dedupe + customer_state MERGE", CUSTOMER_STATE, "state"),
+        ("changes", "re-score + diff + segment_changes append", SEGMENT_CHANGES, "changes"),
+        ("segments", "customer_segments MERGE", CUSTOMER_SEGMENTS, "segments"),
+        ("clock", "publish changes to Kafka + stream_clock write", STREAM_CLOCK, "clock"),
+        ("end", "offsets + state store commit", None, None),
+    ),
 }
 MERGE_METRICS = (
     "numSourceRows",
@@ -132,6 +154,8 @@ class BenchSettings:
     skip_throughput: bool
     skip_naive: bool
     skip_latency: bool
+    skip_merge: bool
+    designs: tuple[str, ...]
     keep_topics: bool
     keep_runs: bool
 
@@ -160,14 +184,23 @@ class ThroughputResult:
     batch_rows: list[dict[str, Any]] = field(default_factory=list)
     phase_means_s: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    compaction_s: float | None = None  # product: the compaction after the drain (not in events/s)
+    state_mb: float | None = None  # product: the checkpoint's state store files after the drain
 
 
 @dataclass(kw_only=True)
 class LatencyResult:
-    """End-to-end latency of the product's stream at one offered rate and trigger interval."""
+    """End-to-end latency of one design's stream at one offered rate and trigger interval."""
 
+    design: str
     rate: float
     trigger_seconds: float
+    # Product: how far customer_state / customer_segments lagged the stream's logs (log commit to the
+    # commit of the compaction that covered it), over the run's log commits.
+    step_means_s: dict[str, float] = field(default_factory=dict)  # product: handler steps, mean per batch
+    freshness_p50_s: float | None = None
+    freshness_max_s: float | None = None
+    compactions: int = 0
     produced: int = 0
     achieved_rate: float | None = None
     committed: int = 0
@@ -414,12 +447,15 @@ def executed_batches(query: StreamingQuery, topic: str) -> list[dict[str, Any]]:
         durations = p.get("durationMs") or {}
         if "addBatch" not in durations:
             continue
-        source = (p.get("sources") or [{}])[0]
+        sources = p.get("sources") or [{}]
+        kafka = [src for src in sources if "kafka" in str(src.get("description", "")).lower()] or sources[:1]
+        source = kafka[0]
         start_ms = _epoch_ms(p["timestamp"])
         batches.append(
             {
                 "batch_id": int(p["batchId"]),
-                "rows": int(p["numInputRows"]),
+                # Kafka rows only: the product also reads its own segment_log back.
+                "rows": sum(int(src.get("numInputRows", 0)) for src in kafka),
                 "start_ms": start_ms,
                 "end_ms": start_ms + float(p["batchDuration"]),
                 "seconds": float(p["batchDuration"]) / 1000.0,
@@ -454,14 +490,18 @@ def txn_commits(table_dir: Path, app_id: str) -> dict[int, dict[str, Any]]:
     return {c["txn_version"]: c for c in delta_commits(table_dir) if c.get("txn_app") == app_id}
 
 
-def product_batches(lake_dir: Path, query_id: str, batches: list[dict[str, Any]]) -> None:
-    """Add each batch's phase times (between its commits) and its two MERGEs' Delta metrics, in place."""
-    commits = {phase: txn_commits(lake_dir / table, f"{query_id}:{phase}") for phase, table in PHASE_TABLES.items()}
+def design_batches(lake_dir: Path, query_id: str, batches: list[dict[str, Any]], design: str) -> None:
+    """Add each batch's phase times (between its commits) and its MERGEs' Delta metrics, in place."""
+    commits = {
+        phase: txn_commits(lake_dir / table, f"{query_id}:{suffix}")
+        for phase, _, table, suffix in PHASES[design]
+        if table is not None
+    }
     for batch in batches:
         bid = batch["batch_id"]
         previous = batch["start_ms"]
         phases: dict[str, float] = {}
-        for phase, _ in PHASES:
+        for phase, *_ in PHASES[design]:
             commit = commits.get(phase, {}).get(bid)
             point = batch["end_ms"] if phase == "end" else (commit["timestamp_ms"] if commit else None)
             if point is None:
@@ -469,21 +509,50 @@ def product_batches(lake_dir: Path, query_id: str, batches: list[dict[str, Any]]
             phases[phase] = round((point - previous) / 1000.0, 3)
             previous = point
         batch["phases_s"] = phases
-        for phase in ("state", "segments"):
+        for phase in ("state", "segments") if design == MERGE_DESIGN else ():
             commit = commits[phase].get(bid)
             if commit is not None:
                 metrics = commit.get("metrics", {})
                 batch[f"{phase}_merge"] = {k: int(metrics[k]) for k in MERGE_METRICS if k in metrics}
 
 
-def phase_means(batches: list[dict[str, Any]]) -> dict[str, float]:
+def phase_means(batches: list[dict[str, Any]], design: str) -> dict[str, float]:
     """Mean seconds per phase over batches (a phase a batch skipped counts as 0 s)."""
     if not batches:
         return {}
     return {
         phase: round(sum(b.get("phases_s", {}).get(phase, 0.0) for b in batches) / len(batches), 3)
-        for phase, _ in PHASES
+        for phase, *_ in PHASES[design]
     }
+
+
+def start_design(
+    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, design: str, recorder: BatchLogger
+) -> StreamingQuery:
+    """Start one design's stream."""
+    if design == PRODUCT:
+        return start_stream(spark, lake, settings, recorder)
+    return start_merge_stream(spark, lake, settings, recorder)
+
+
+def freshness(spark: SparkSession, lake: LakeSettings, since_ms: float) -> tuple[list[float], int]:
+    """Per state_log / segment_log commit after `since_ms`: seconds until the compaction covering it was done
+    (its MERGE committed before its `compacted_at` is taken), and how many compactions ran."""
+    records = read_table(spark, lake, COMPACTIONS).where(F.col("rows_read") > 0).collect()
+    lags: list[float] = []
+    for table in (STATE_LOG, SEGMENT_LOG):
+        marks = [
+            (int(r["to_version"]), r["compacted_at"].replace(tzinfo=dt.timezone.utc).timestamp() * 1000.0)
+            for r in records
+            if r["log"] == table
+        ]
+        for commit in delta_commits(Path(lake.root) / table):
+            if commit["timestamp_ms"] < since_ms or commit.get("operation") != "WRITE":
+                continue
+            done = [at for to_version, at in marks if to_version >= commit["version"]]
+            if done:
+                lags.append((min(done) - commit["timestamp_ms"]) / 1000.0)
+    return lags, len(records)
 
 
 def orders_total(spark: SparkSession, lake: LakeSettings) -> int:
@@ -627,11 +696,12 @@ def run_throughput(
     )
     recorder = MetricsRecorder()
     merges: dict[int, int] = {}
-    timeout_s = settings.naive_timeout_s if pattern != PRODUCT else None
+    is_design = pattern in DESIGNS
+    timeout_s = None if is_design else settings.naive_timeout_s
     meter = CpuMeter()
     started, started_ms = time.monotonic(), time.time() * 1000.0
-    if pattern == PRODUCT:
-        query = start_stream(spark, lake, stream_settings, recorder)
+    if is_design:
+        query = start_design(spark, lake, stream_settings, pattern, recorder)
     else:
         query = start_naive_stream(spark, lake, stream_settings, pattern, merges)
     try:
@@ -642,10 +712,17 @@ def run_throughput(
         result.error = _first_line(exc)
     finally:
         stop_between_batches(query)
-        if pattern == PRODUCT:
+        if is_design:
             spark.streams.removeListener(recorder)
     result.query_seconds = round(time.monotonic() - started, 1)
     result.cpu = meter.stop()
+    if pattern == PRODUCT:
+        store = run_dir / "checkpoint" / "state"
+        result.state_mb = round(sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20, 1)
+        # customer_state is current only after a compaction: timed apart, not part of events/s.
+        compacting = time.monotonic()
+        compact_lake(spark, lake)
+        result.compaction_s = round(time.monotonic() - compacting, 1)
     error = query.exception()
     if error is not None and result.error is None:
         result.error = _first_line(error)
@@ -653,13 +730,13 @@ def run_throughput(
         result.is_complete = False
 
     batches = executed_batches(query, topic)
-    if pattern == PRODUCT:
-        product_batches(Path(lake.root), str(query.id), batches)
+    if is_design:
+        design_batches(Path(lake.root), str(query.id), batches, pattern)
         for b in batches:
             m = recorder.metrics.get(b["batch_id"])
             if m is not None:
-                b.update(customers_updated=m.customers_updated, rescored=m.rescored, changes=m.changes)
-        result.phase_means_s = phase_means(batches)
+                b.update(customers_updated=m.customers_updated, rescored=m.rescored, changes=m.changes, steps=m.steps)
+        result.phase_means_s = phase_means(batches, pattern)
     else:
         for b in batches:
             b["merges"] = merges.get(b["batch_id"], 0)
@@ -677,7 +754,7 @@ def run_throughput(
         span_s = (max(b["end_ms"] for b in later) - min(b["start_ms"] for b in later)) / 1000.0
         result.steady_events_per_s = round(sum(b["rows"] for b in later) / span_s, 1) if span_s > 0 else None
     result.orders_counted = orders_total(spark, lake) - orders_before
-    if pattern != PRODUCT:
+    if not is_design:
         add_merge_commits(result, state_dir, base_version, batches[0]["start_ms"] if batches else started_ms)
     return result
 
@@ -740,15 +817,15 @@ def record_times(spark: SparkSession, bootstrap: str, topic: str, after: dict[in
     return records.to_numpy(dtype=np.int64)
 
 
-def commit_times_ms(records: np.ndarray, batches: list[dict[str, Any]], commit_ms: dict[int, float]) -> np.ndarray:
-    """Per record, when the batch that read it committed (NaN when no completed batch read it)."""
+def commit_times_ms(records: np.ndarray, batches: list[dict[str, Any]]) -> np.ndarray:
+    """Per record, when the batch that read it ended (NaN when no completed batch read it)."""
     out = np.full(len(records), np.nan)
     for partition in np.unique(records[:, 0]):
         at = records[:, 0] == partition
         ends = np.array([b["end_offsets"].get(int(partition), 0) for b in batches], dtype=np.int64)
         # Batches read increasing offset ranges: a record belongs to the first batch whose end passes it.
         index = np.searchsorted(ends, records[at, 1], side="right")
-        times = np.array([commit_ms.get(b["batch_id"], b["end_ms"]) for b in batches] + [np.nan])
+        times = np.array([b["end_ms"] for b in batches] + [np.nan])
         out[at] = times[index]
     return out
 
@@ -763,10 +840,16 @@ def run_latency(
     run_dir: Path,
     topics: list[str],
     prefix: str,
+    design: str = PRODUCT,
 ) -> LatencyResult:
-    """Offer `rate` events/s for `latency_seconds` to a running product stream; latency per event."""
-    result = LatencyResult(rate=rate, trigger_seconds=trigger_s)
-    label = f"lat-{rate:g}-t{trigger_s:g}"
+    """Offer `rate` events/s for `latency_seconds` to one design's running stream; latency per event.
+
+    An event's latency runs from its Kafka timestamp to the end of the micro-batch that read it: by then
+    its customer's segment change is on the changes topic and in Delta. The product runs with its
+    background compaction, as `flo-seg stream` does, and the run records how far the tables lagged.
+    """
+    result = LatencyResult(design=design, rate=rate, trigger_seconds=trigger_s)
+    label = f"lat-{design}-{rate:g}-t{trigger_s:g}"
     topic, changes_topic = f"{prefix}.{label}.orders", f"{prefix}.{label}.changes"
     topics += [topic, changes_topic]
     ensure_topics(
@@ -784,7 +867,9 @@ def run_latency(
     )
     event_seconds = 1.0 / rate  # event time advances like wall time
     recorder = MetricsRecorder()
-    query = start_stream(spark, lake, stream_settings, recorder)
+    query = start_design(spark, lake, stream_settings, design, recorder)
+    compactor = Compactor(spark, lake, stream_settings.compact_seconds).start() if design == PRODUCT else None
+    measured_from_ms = time.time() * 1000.0
     try:
         # Warm-up: the first batch loads the model and sweeps; measured events come after it committed.
         warmup = ProduceSettings(
@@ -798,6 +883,7 @@ def run_latency(
         warm_end = topic_end_offsets(settings.bootstrap_servers, topic)
         if not wait_until_read(query, topic, warm_end, settings.drain_timeout_s):
             raise RuntimeError("the warm-up batch did not commit within the drain timeout")
+        measured_from_ms = time.time() * 1000.0
         meter = CpuMeter()
         offered = ProduceSettings(
             bootstrap_servers=settings.bootstrap_servers,
@@ -820,14 +906,19 @@ def run_latency(
     finally:
         stop_between_batches(query)
         spark.streams.removeListener(recorder)
+        if compactor is not None:
+            compactor.stop()
+    if design == PRODUCT:
+        lags, result.compactions = freshness(spark, lake, measured_from_ms)
+        if lags:
+            result.freshness_p50_s = round(float(np.percentile(lags, 50)), 2)
+            result.freshness_max_s = round(max(lags), 2)
 
     batches = [
         b for b in executed_batches(query, topic) if any(b["end_offsets"].get(p, 0) > o for p, o in warm_end.items())
     ]
-    segments = txn_commits(Path(lake.root) / CUSTOMER_SEGMENTS, f"{query.id}:segments")
-    commit_ms = {bid: c["timestamp_ms"] for bid, c in segments.items()}
     records = record_times(spark, settings.bootstrap_servers, topic, warm_end)
-    committed_ms = commit_times_ms(records, batches, commit_ms)
+    committed_ms = commit_times_ms(records, batches)
     is_committed = ~np.isnan(committed_ms)
     latency_s = (committed_ms[is_committed] - records[is_committed, 2]) / 1000.0
     result.committed, result.uncommitted = int(is_committed.sum()), int((~is_committed).sum())
@@ -839,14 +930,17 @@ def run_latency(
         result.p50_s, result.p95_s, result.p99_s = round(p50, 3), round(p95, 3), round(p99, 3)
         result.max_s, result.mean_s = round(float(latency_s.max()), 3), round(float(latency_s.mean()), 3)
     for b in batches:
-        b["segments_commit_ms"] = commit_ms.get(b["batch_id"])
         m = recorder.metrics.get(b["batch_id"])
         if m is not None:
-            b.update(customers_updated=m.customers_updated, rescored=m.rescored, changes=m.changes)
+            b.update(customers_updated=m.customers_updated, rescored=m.rescored, changes=m.changes, steps=m.steps)
         b.pop("end_offsets", None)
     result.batch_rows = batches
     result.batches = len(batches)
     if batches:
+        steps = sorted({k for b in batches for k in b.get("steps", {})})
+        result.step_means_s = {
+            k: round(sum(b.get("steps", {}).get(k, 0.0) for b in batches) / len(batches), 3) for k in steps
+        }
         result.mean_batch_s = round(sum(b["seconds"] for b in batches) / len(batches), 2)
         result.mean_batch_rows = round(sum(b["rows"] for b in batches) / len(batches), 1)
     return result
@@ -896,7 +990,7 @@ def verdicts(report: Report) -> list[dict[str, Any]]:
                 + ("" if eps >= TARGET_EVENTS_PER_S else f", {TARGET_EVENTS_PER_S / eps:.1f}x short"),
             }
         )
-    at_target = [r for r in report.latency if r.rate == TARGET_P99_RATE and r.p99_s is not None]
+    at_target = [r for r in report.latency if r.design == PRODUCT and r.rate == TARGET_P99_RATE and r.p99_s is not None]
     fastest = min(at_target, key=lambda r: r.p99_s or 0.0, default=None)
     if fastest is not None and fastest.p99_s is not None:
         p99 = fastest.p99_s
@@ -909,9 +1003,46 @@ def verdicts(report: Report) -> list[dict[str, Any]]:
                 "margin": f"{p99 - TARGET_P99_S:+.2f} s ({p99 / TARGET_P99_S:.1f}x the target)",
             }
         )
+    merges = [r for r in report.latency if r.design == MERGE_DESIGN and r.rate == TARGET_P99_RATE and r.p99_s]
+    merge_p99 = min(merges, key=lambda r: r.p99_s or 0.0, default=None)
+    if fastest is not None and fastest.p99_s and merge_p99 is not None and merge_p99.p99_s:
+        ratio = merge_p99.p99_s / fastest.p99_s
+        out.append(
+            {
+                "target": f">= {TARGET_DESIGN_P99:g}x lower p99 than the MERGE design at {TARGET_P99_RATE:,.0f}/s",
+                "measured": f"{ratio:.1f}x ({fastest.p99_s:.2f} s vs {merge_p99.p99_s:.2f} s)",
+                "verdict": _verdict(ratio >= TARGET_DESIGN_P99),
+                "margin": f"{ratio / TARGET_DESIGN_P99:.1%} of the target",
+            }
+        )
+    fresh = [r for r in report.latency if r.design == PRODUCT and r.freshness_max_s is not None]
+    for r in fresh:
+        assert r.freshness_max_s is not None
+        out.append(
+            {
+                "target": f"tables <= {TARGET_FRESHNESS_S:g} s behind the stream at {r.rate:,.0f}/s",
+                "measured": f"max {r.freshness_max_s:.1f} s, p50 {r.freshness_p50_s or 0:.1f} s "
+                f"({r.compactions} compactions)",
+                "verdict": _verdict(r.freshness_max_s <= TARGET_FRESHNESS_S),
+                "margin": f"{r.freshness_max_s - TARGET_FRESHNESS_S:+.1f} s",
+            }
+        )
     for product in products:
+        for merge in report.throughput:
+            if merge.pattern != MERGE_DESIGN or merge.max_offsets != product.max_offsets or not merge.events_per_s:
+                continue
+            ratio = (product.events_per_s or 0.0) / merge.events_per_s
+            out.append(
+                {
+                    "target": f">= {TARGET_DESIGN_THROUGHPUT:g}x the MERGE design's throughput",
+                    "measured": f"{ratio:.2f}x at maxOffsetsPerTrigger {product.max_offsets:,} "
+                    f"({product.events_per_s:,.0f} vs {merge.events_per_s:,.0f} events/s)",
+                    "verdict": _verdict(ratio >= TARGET_DESIGN_THROUGHPUT),
+                    "margin": f"{ratio / TARGET_DESIGN_THROUGHPUT:.1%} of the target",
+                }
+            )
         for naive in report.throughput:
-            if naive.pattern == PRODUCT or naive.max_offsets != product.max_offsets or not naive.events_per_s:
+            if naive.pattern in DESIGNS or naive.max_offsets != product.max_offsets or not naive.events_per_s:
                 continue
             ratio = (product.events_per_s or 0.0) / naive.events_per_s
             out.append(
@@ -940,8 +1071,13 @@ def markdown(report: Report) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in report.throughput:
-        merges = sum(b.get("merges", 0) for b in r.batch_rows) if r.pattern != PRODUCT else 2 * r.batches
+        merges = {PRODUCT: 0, MERGE_DESIGN: 2 * r.batches}.get(r.pattern, sum(b.get("merges", 0) for b in r.batch_rows))
         note = r.error or r.partial_note or ("" if r.is_complete else "stopped at the timeout")
+        if r.compaction_s is not None:
+            note = f"{note}; compaction after the drain {r.compaction_s:.1f} s".lstrip("; ")
+        if r.state_mb is not None and r.batch_rows:
+            first = r.batch_rows[0]["seconds"]
+            note += f"; batch 0 (bootstrap) {first:.1f} s; state store {r.state_mb:,.0f} MiB"
         cpu = f"{r.cpu.get('benchmark_cores', 0):.2f} / {r.cpu.get('other_cores', 0):.2f}" if r.cpu else "–"
         lines.append(
             f"| {r.pattern} | {r.max_offsets:,} | {r.events:,} | {r.batches} | {merges} | {_num(r.seconds, '.1f')} "
@@ -949,38 +1085,51 @@ def markdown(report: Report) -> str:
             f"| {_num(r.orders_counted)} | {cpu} "
             f"| {note} |"
         )
-    products = [r for r in report.throughput if r.pattern == PRODUCT and r.phase_means_s]
-    if products:
-        lines += ["", "Product micro-batch, mean seconds per phase (between its Delta commits):", ""]
-        header = "| phase | " + " | ".join(f"{r.max_offsets:,} / batch" for r in products) + " |"
-        lines += [header, "|---|" + "---:|" * len(products)]
-        for phase, title in PHASES:
+    for design in DESIGNS:
+        runs = [r for r in report.throughput if r.pattern == design and r.phase_means_s]
+        if not runs:
+            continue
+        lines += ["", f"{design} micro-batch, mean seconds per phase (between its Delta commits):", ""]
+        header = "| phase | " + " | ".join(f"{r.max_offsets:,} / batch" for r in runs) + " |"
+        lines += [header, "|---|" + "---:|" * len(runs)]
+        for phase, title, *_ in PHASES[design]:
             cells = []
-            for r in products:
+            for r in runs:
                 total = sum(r.phase_means_s.values()) or 1.0
                 value = r.phase_means_s.get(phase, 0.0)
                 cells.append(f"{value:.2f} ({value / total:.0%})")
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
-        lines.append("| whole batch | " + " | ".join(f"{sum(r.phase_means_s.values()):.2f}" for r in products) + " |")
+        lines.append("| whole batch | " + " | ".join(f"{sum(r.phase_means_s.values()):.2f}" for r in runs) + " |")
     if report.latency:
         lines += [
             "",
-            "| offered events/s | trigger s | achieved events/s | events | batches | mean batch s "
-            "| mean batch events | p50 s | p95 s | p99 s | max s | not committed | busy cores (ours / others) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| design | offered events/s | trigger s | achieved events/s | events | batches | mean batch s "
+            "| mean batch events | p50 s | p95 s | p99 s | max s | not committed | tables behind, max s "
+            "| busy cores (ours / others) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for lat in report.latency:
             cpu = f"{lat.cpu.get('benchmark_cores', 0):.2f} / {lat.cpu.get('other_cores', 0):.2f}" if lat.cpu else "–"
             if lat.error:
-                lines.append(f"| {lat.rate:,.0f} | {lat.trigger_seconds:g} | failed: {lat.error} |" + " |" * 10)
+                lines.append(
+                    f"| {lat.design} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | failed: {lat.error} |" + " |" * 11
+                )
                 continue
             lines.append(
-                f"| {lat.rate:,.0f} | {lat.trigger_seconds:g} | {_num(lat.achieved_rate)} "
+                f"| {lat.design} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | {_num(lat.achieved_rate)} "
                 f"| {lat.committed + lat.uncommitted:,} | {lat.batches} | {_num(lat.mean_batch_s, '.2f')} "
                 f"| {_num(lat.mean_batch_rows)} | {_num(lat.p50_s, '.2f')} | {_num(lat.p95_s, '.2f')} "
                 f"| {_num(lat.p99_s, '.2f')} | {_num(lat.max_s, '.2f')} | {lat.uncommitted:,} "
-                f"| {cpu} |"
+                f"| {_num(lat.freshness_max_s, '.1f')} | {cpu} |"
             )
+    timed = [lat for lat in report.latency if lat.step_means_s]
+    if timed:
+        steps = sorted({k for lat in timed for k in lat.step_means_s})
+        lines += ["", "Batch handler steps, mean seconds per micro-batch:", ""]
+        lines.append("| step | " + " | ".join(f"{lat.design} {lat.rate:,.0f}/s" for lat in timed) + " |")
+        lines.append("|---|" + "---:|" * len(timed))
+        for step in steps:
+            lines.append(f"| {step} | " + " | ".join(f"{lat.step_means_s.get(step, 0.0):.3f}" for lat in timed) + " |")
     lines += ["", "Targets:"]
     found = verdicts(report)
     lines += [f"- {v['target']}: {v['measured']} → **{v['verdict']}** ({v['margin']})" for v in found]
@@ -1007,14 +1156,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _float_list(text: str) -> tuple[float, ...]:
+def _float_list(text: str, *, zero: bool = False) -> tuple[float, ...]:
     try:
         values = tuple(float(p.strip().replace("_", "")) for p in text.split(",") if p.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    if not values or any(v < 0 or (v == 0 and not zero) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {'non-negative' if zero else 'positive'} numbers, got {text!r}")
     return values
+
+
+def _trigger_list(text: str) -> tuple[float, ...]:
+    return _float_list(text, zero=True)
 
 
 def _variants(text: str) -> tuple[str, ...]:
@@ -1022,6 +1175,14 @@ def _variants(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in NAIVE_VARIANTS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown naive variants {unknown}; choose from {', '.join(NAIVE_VARIANTS)}")
+    return names
+
+
+def _designs(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown designs {unknown}; choose from {', '.join(DESIGNS)}")
     return names
 
 
@@ -1061,7 +1222,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--naive-timeout", type=float, default=900.0, help="seconds before a naive drain is stopped")
     runs.add_argument("--rates", type=_float_list, default="1000,5000", help="offered events/s for latency")
-    runs.add_argument("--trigger-seconds", type=_float_list, default="1", help="processing-time triggers for latency")
+    runs.add_argument(
+        "--trigger-seconds",
+        type=_trigger_list,
+        default="0",
+        help="processing-time triggers for latency (0, the default: each batch starts when the last ended)",
+    )
     runs.add_argument("--latency-seconds", type=float, default=60.0, help="how long each offered rate is sent")
     runs.add_argument(
         "--warmup-events",
@@ -1073,6 +1239,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--skip-throughput", action="store_true", help="skip the product's drains")
     runs.add_argument("--skip-naive", action="store_true", help="skip the naive baseline")
     runs.add_argument("--skip-latency", action="store_true", help="skip the latency runs")
+    runs.add_argument("--skip-merge", action="store_true", help="skip the MERGE design's drains")
+    runs.add_argument(
+        "--designs",
+        type=_designs,
+        default=",".join(DESIGNS),
+        help=f"designs measured for latency: {PRODUCT} (state store) and {MERGE_DESIGN} (today's MERGE design)",
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--work", type=Path, default=Path("/tmp/flo-sbench"), help="cached lakes, run copies, scratch")
     where.add_argument("--out", type=Path, default=None, help="JSON results; None: <work>/streaming-results.json")
@@ -1113,6 +1286,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         skip_throughput=args.skip_throughput,
         skip_naive=args.skip_naive,
         skip_latency=args.skip_latency,
+        skip_merge=args.skip_merge,
+        designs=args.designs,
         keep_topics=args.keep_topics,
         keep_runs=args.keep_runs,
     )
@@ -1130,6 +1305,8 @@ def session(settings: BenchSettings) -> SparkSession:
             "spark.sql.streaming.numRecentProgressUpdates": "100000",
             # Only the benchmark's own toPandas calls (profiles, record timestamps) use Arrow.
             "spark.sql.execution.arrow.pyspark.enabled": "true",
+            # As `flo-seg stream`: the background compaction runs in its own pool.
+            "spark.scheduler.mode": "FAIR",
         },
     )
 
@@ -1206,6 +1383,7 @@ class Runner:
             self.prepare_drains()
         assert self.topic is not None
         patterns = [] if settings.skip_throughput else [PRODUCT]
+        patterns += [] if settings.skip_merge else [MERGE_DESIGN]
         patterns += [] if settings.skip_naive else list(settings.naive)
         for max_offsets in sizes:
             for pattern in patterns:
@@ -1217,27 +1395,29 @@ class Runner:
 
     def latencies(self) -> None:
         """Every offered rate at every trigger interval."""
-        for trigger_s in self.settings.trigger_seconds:
-            for rate in self.settings.rates:
-                label = f"lat-{rate:g}-t{trigger_s:g}"
-                log.info("latency: %s ...", label)
-                result = run_latency(
-                    self.spark,
-                    self.settings,
-                    self.base_lake,
-                    self.profiles_path,
-                    rate,
-                    trigger_s,
-                    self.runs_dir / label,
-                    self.topics,
-                    self.prefix,
-                )
-                log.info("latency: %s: p99 %s s", label, _num(result.p99_s, ".2f"))
-                self.report.latency.append(result)
-                self.report.save()
-                self.spark.catalog.clearCache()
-                if not self.settings.keep_runs:
-                    shutil.rmtree(self.runs_dir / label, ignore_errors=True)
+        for design in self.settings.designs:
+            for trigger_s in self.settings.trigger_seconds:
+                for rate in self.settings.rates:
+                    label = f"lat-{design}-{rate:g}-t{trigger_s:g}"
+                    log.info("latency: %s ...", label)
+                    result = run_latency(
+                        self.spark,
+                        self.settings,
+                        self.base_lake,
+                        self.profiles_path,
+                        rate,
+                        trigger_s,
+                        self.runs_dir / label,
+                        self.topics,
+                        self.prefix,
+                        design,
+                    )
+                    log.info("latency: %s: p99 %s s", label, _num(result.p99_s, ".2f"))
+                    self.report.latency.append(result)
+                    self.report.save()
+                    self.spark.catalog.clearCache()
+                    if not self.settings.keep_runs:
+                        shutil.rmtree(self.runs_dir / label, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

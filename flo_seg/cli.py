@@ -140,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="checkpoint location (default ./checkpoints beside the lake)"
     )
     stream.add_argument("--query-name", default="flo-seg-stream", help="streaming query name")
-    stream.add_argument("--trigger-seconds", type=float, default=2.0, help="micro-batch interval (default 2 s)")
+    stream.add_argument(
+        "--trigger-seconds",
+        type=float,
+        default=0.0,
+        help="micro-batch interval (default 0: the next batch starts as soon as the last one ended)",
+    )
     stream.add_argument("--available-now", action="store_true", help="process what the topic holds, then stop")
     stream.add_argument(
         "--max-offsets-per-trigger",
@@ -162,8 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a re-sent event_id is dropped within this much stream time of its first copy "
         f"(default {DEFAULT_DEDUPE_WINDOW!r})",
     )
+    stream.add_argument(
+        "--compact-seconds",
+        type=float,
+        default=10.0,
+        help="bring customer_state and customer_segments current from the stream's logs this often (default 10)",
+    )
+    stream.add_argument(
+        "--state-partitions",
+        type=_positive_int,
+        default=None,
+        help="state store partitions, fixed by a new checkpoint (default: the cores Spark has)",
+    )
     stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _kafka_option_flags(stream)
+
+    sub.add_parser(
+        "compact",
+        help="bring customer_state and customer_segments current from the stream's logs (the stream does it too)",
+    )
 
     produce = sub.add_parser("produce", help="send order events for the lake's customers to Kafka")
     produce.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
@@ -350,10 +372,27 @@ def cmd_stream(args: argparse.Namespace) -> int:
         starting_offsets=args.starting_offsets,
         aging_days=args.aging_days,
         dedupe_window=args.dedupe_window,
+        compact_seconds=args.compact_seconds,
+        state_partitions=args.state_partitions,
         kafka_options=read_kafka_options(args.kafka_option, args.kafka_options_file),
     )
-    spark = build_session(default_spark_settings("flo-seg-stream"))
+    # FAIR: the background compaction gets its own pool, so it does not queue the micro-batches' jobs.
+    spark = build_session(default_spark_settings("flo-seg-stream"), {"spark.scheduler.mode": "FAIR"})
     return run_stream(spark, lake, settings, duration_s=args.duration)
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Compact the stream's logs into the tables users read; one line per log."""
+    from batch.compact import compact_lake
+    from flo_seg.spark import build_session
+
+    spark = build_session(default_spark_settings("flo-seg-compact"))
+    for done in compact_lake(spark, _lake(args)):
+        print(
+            f"  {done.log:<12} versions {done.from_version}..{done.to_version}: {done.rows_read} rows, "
+            f"{done.customers} customers, {done.seconds:.1f}s"
+        )
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -400,6 +439,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "query": cmd_query,
     "maintain": cmd_maintain,
     "stream": cmd_stream,
+    "compact": cmd_compact,
     "produce": cmd_produce,
 }
 

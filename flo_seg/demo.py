@@ -59,19 +59,31 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str]) -> None:
-    """Print segment changes as they arrive on flo.segment-changes (from the moment the demo starts)."""
+def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str], lags: list[float]) -> None:
+    """Print segment changes as they arrive on flo.segment-changes (from the moment the demo starts), each
+    with how long after its customer's latest order (both Kafka timestamps) it was published."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None)
     partitions = [
-        TopicPartition("flo.segment-changes", p) for p in consumer.partitions_for_topic("flo.segment-changes") or []
+        TopicPartition(topic, p)
+        for topic in ("flo.orders", "flo.segment-changes")
+        for p in consumer.partitions_for_topic(topic) or []
     ]
     consumer.assign(partitions)
     consumer.seek_to_end()
+    ordered_at: dict[bytes, int] = {}
     printed_at, printed = 0.0, 0
     while not stop.is_set():
         for message in consumer:
+            if message.topic == "flo.orders":
+                if message.key is not None:
+                    ordered_at[message.key] = message.timestamp
+                continue
             change = json.loads(message.value)
             seen[change["segment"]] += 1
+            order_ms = ordered_at.get(change["master_id"].encode())
+            lag = "" if order_ms is None else f", {(message.timestamp - order_ms) / 1000:.1f} s after the order"
+            if order_ms is not None:
+                lags.append((message.timestamp - order_ms) / 1000)
             now = time.monotonic()
             if now - printed_at >= 1.0:
                 printed_at, printed = now, 0
@@ -79,7 +91,7 @@ def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str]) -> 
                 printed += 1
                 print(
                     f"  change: {change['master_id'][:8]}…  {change.get('previous_segment') or '(new)'} → "
-                    f"{change['segment']}  (model {change['model_version']}, as of {change['as_of']})",
+                    f"{change['segment']}  (model {change['model_version']}, as of {change['as_of']}{lag})",
                     flush=True,
                 )
             if stop.is_set():
@@ -130,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
                 "stream",
                 "--starting-offsets",
                 "latest",
-                "--trigger-seconds",
-                "2",
                 "--bootstrap-servers",
                 settings.bootstrap,
             ),
@@ -141,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_log(stream_log, "stream flo-seg-stream started", stream, timeout=180)
         seen: Counter[str] = Counter()
+        lags: list[float] = []
         stop = threading.Event()
-        watcher = threading.Thread(target=watch_changes, args=(settings.bootstrap, stop, seen), daemon=True)
+        watcher = threading.Thread(target=watch_changes, args=(settings.bootstrap, stop, seen, lags), daemon=True)
         watcher.start()
         time.sleep(3)  # the first (empty) trigger pins the 'latest' offsets before anything is produced
         produced = subprocess.run(
@@ -177,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nsegment changes seen live: {sum(seen.values())} " + ", ".join(f"{k} {v}" for k, v in seen.most_common())
         )
+        if lags:
+            lags.sort()
+            print(
+                f"published after their customer's order: median {lags[len(lags) // 2]:.1f} s, "
+                f"95th percentile {lags[int(len(lags) * 0.95)]:.1f} s, max {lags[-1]:.1f} s"
+            )
     finally:
         stream.send_signal(signal.SIGTERM)
         try:

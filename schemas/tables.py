@@ -14,6 +14,9 @@ QUARANTINE = "quarantine"
 CAMPAIGN_TARGETS = "campaign_targets"
 SEGMENT_CHANGES = "segment_changes"
 STREAM_CLOCK = "stream_clock"
+STATE_LOG = "state_log"
+SEGMENT_LOG = "segment_log"
+COMPACTIONS = "compactions"
 
 _str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
 _date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
@@ -39,6 +42,8 @@ CUSTOMER_STATE_SCHEMA = _schema(
     # Time of the latest order seen by the stream (history only has dates, so it starts empty).
     ("last_order_ts", _ts, True),
     ("updated_at", _ts, False),
+    # How many stream updates this state has seen (0 for a history row): latest wins when compacting.
+    ("state_seq", _lng, True),
 )
 
 CUSTOMER_SEGMENTS_SCHEMA = _schema(
@@ -56,6 +61,8 @@ CUSTOMER_SEGMENTS_SCHEMA = _schema(
     ("rfm_segment", _str, False),
     ("as_of", _date, False),
     ("scored_at", _ts, False),
+    # The state_seq of the state this row was scored on: (state_seq, model_version, as_of) orders rows.
+    ("state_seq", _lng, True),
 )
 
 SEGMENT_PROFILES_SCHEMA = _schema(
@@ -148,6 +155,24 @@ STREAM_CLOCK_SCHEMA = _schema(
     ("updated_at", _ts, False),
 )
 
+# The stream's append-only logs: what each micro-batch (or a sweep, re-score, retrain) changed. A
+# compaction brings customer_state and customer_segments current from them, latest wins per customer.
+_LOG_FIELDS = (("batch_id", _lng, True), ("source", _str, False))
+STATE_LOG_SCHEMA = T.StructType([*CUSTOMER_STATE_SCHEMA.fields, *_schema(*_LOG_FIELDS).fields])
+SEGMENT_LOG_SCHEMA = T.StructType([*CUSTOMER_SEGMENTS_SCHEMA.fields, *_schema(*_LOG_FIELDS).fields])
+
+# How far each compaction has read each log (one row per compaction run and log).
+COMPACTIONS_SCHEMA = _schema(
+    ("log", _str, False),
+    ("target", _str, False),
+    ("from_version", _lng, False),
+    ("to_version", _lng, False),
+    ("rows_read", _lng, False),
+    ("customers", _lng, False),
+    ("seconds", _dbl, False),
+    ("compacted_at", _ts, False),
+)
+
 TABLE_SCHEMAS: dict[str, T.StructType] = {
     CUSTOMER_STATE: CUSTOMER_STATE_SCHEMA,
     CUSTOMER_SEGMENTS: CUSTOMER_SEGMENTS_SCHEMA,
@@ -157,18 +182,24 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     CAMPAIGN_TARGETS: CAMPAIGN_TARGETS_SCHEMA,
     SEGMENT_CHANGES: SEGMENT_CHANGES_SCHEMA,
     STREAM_CLOCK: STREAM_CLOCK_SCHEMA,
+    STATE_LOG: STATE_LOG_SCHEMA,
+    SEGMENT_LOG: SEGMENT_LOG_SCHEMA,
+    COMPACTIONS: COMPACTIONS_SCHEMA,
 }
 
 
 # Table properties that are part of a table's contract, set when the table is created (and added to an
-# older table that lacks them). The two tables the stream MERGEs into every micro-batch use deletion
-# vectors: a MERGE then marks the replaced rows in a small vector file and writes only the changed rows,
-# instead of rewriting every data file that holds one of the batch's customers, so the write side of a
-# micro-batch follows the batch size rather than the customer base (docs/benchmarks.md, MERGE scaling).
+# older table that lacks them). The two tables the compaction MERGEs into use deletion vectors: a MERGE
+# then marks the replaced rows in a small vector file and writes only the changed rows, instead of
+# rewriting every data file that holds one of the changed customers (docs/benchmarks.md, MERGE scaling).
 _MERGE_TARGET = {"delta.enableDeletionVectors": "true"}
+# The logs are read by version range through the change data feed (appends only: no extra files).
+_LOG = {"delta.enableChangeDataFeed": "true"}
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     CUSTOMER_STATE: _MERGE_TARGET,
     CUSTOMER_SEGMENTS: _MERGE_TARGET,
+    STATE_LOG: _LOG,
+    SEGMENT_LOG: _LOG,
 }
 
 

@@ -1,62 +1,83 @@
-"""`flo-seg stream`: Kafka order events → exactly-once customer state → re-scored segments → change feed.
+"""`flo-seg stream`: Kafka order events → per-customer state in the state store → re-scored segments → changes.
 
-Exactly once: the Kafka source and the event_id de-duplication live in the query's checkpoint, so a
-restarted query replays an unfinished micro-batch with the same `batch_id` and the same rows. Every
-Delta write of the batch is an idempotent transaction (`txnAppId` = query id, `txnVersion` =
-batch_id): a write that committed before a crash is skipped on replay, one that did not is redone.
-The writes are ordered so that a replay recomputes exactly what the crashed attempt would have
-written: segment changes are appended before the segments they compare against are replaced, and the
-event-time clock is advanced last.
+The hot path touches only the customers of a micro-batch. Each customer's running state (orders,
+spend, dates, channels, categories, and the segment last published for them) lives in the query's
+RocksDB state store, keyed by master_id, and is updated by the JVM step in `jvm/state`
+(streaming/customer_state.py); the state is bootstrapped once, from customer_state and
+customer_segments, when the query starts on a new checkpoint. A micro-batch then scores just the
+customers it changed, compares with the segment the state says was published, and appends what
+changed to Delta: `state_log`, `segment_log`, `segment_changes`, `quarantine`. The segments it
+appends come back to the state through a second source (the segment_log table read as a stream), so
+the next batch compares with them. customer_state and customer_segments, the tables users read, are
+brought current from the logs by a compaction off the hot path (batch/compact.py).
+
+Exactly once: the Kafka and segment_log offsets, the de-duplication and the customer state live in the
+checkpoint, so a restarted query replays an unfinished micro-batch with the same `batch_id`, the same
+rows and the same state. Every Delta write of the batch is an idempotent transaction (`txnAppId` =
+query id and what, `txnVersion` = batch_id): a write that committed before a crash is skipped on
+replay, one that did not is redone. The event-time clock is advanced last.
+
+Aging and model reload are sweeps: when the event-time date or the current model changes, the batch
+compacts, then re-scores every customer whose segment is older than `aging_days` or from another model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
 from batch.lake import append_table, ensure_table, read_table, table_exists, with_conflict_retry
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
+from flo_seg.faults import crash_point
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
-    CUSTOMER_SEGMENTS_SCHEMA,
     CUSTOMER_STATE,
     QUARANTINE,
     SEGMENT_CHANGES,
+    SEGMENT_LOG,
+    SEGMENT_LOG_SCHEMA,
+    STATE_LOG,
     STREAM_CLOCK,
     STREAM_CLOCK_SCHEMA,
-    conform,
 )
-from streaming.events import (
-    DEFAULT_DEDUPE_WINDOW,
-    REASON,
-    drop_duplicate_events,
-    parse_order_events,
-    quarantine_rows,
-    valid_orders,
+from streaming.customer_state import (
+    INVALID,
+    STATE,
+    apply_customer_state,
+    as_customer_state,
+    bootstrap_state,
+    event_inputs,
+    segment_inputs,
 )
-from streaming.state import customer_order_deltas, state_merge_inserts, state_merge_updates
+from streaming.events import DEFAULT_DEDUPE_WINDOW, drop_duplicate_events, parse_order_events
+from streaming.lease import LeaseFile
 
 log = logging.getLogger(__name__)
 
-_TXN_APP = "spark.databricks.delta.write.txnAppId"
-_TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 # Spark's name of a dropDuplicatesWithinWatermark step in a query's progress.
 DEDUPE_OPERATOR = "dedupeWithinWatermark"
+_STATE_STORE = {
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    # Each batch's checkpoint writes only the changed keys, not a RocksDB snapshot.
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,12 +89,15 @@ class StreamSettings:
     topic: str = "flo.orders"
     changes_topic: str | None = "flo.segment-changes"
     query_name: str = "flo-seg-stream"
-    trigger_seconds: float = 2.0
+    trigger_seconds: float = 0.0  # 0: the next micro-batch starts as soon as the last one ended
     available_now: bool = False
     max_offsets_per_trigger: int | None = 200_000
     starting_offsets: str = "earliest"
     aging_days: int = 7
     dedupe_window: str = DEFAULT_DEDUPE_WINDOW
+    # State store partitions; fixed by the checkpoint at its first start (None: the cores Spark has).
+    state_partitions: int | None = None
+    compact_seconds: float = 10.0
     kafka_options: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,86 +111,21 @@ class BatchMetrics:
     quarantined: int = 0
     customers_updated: int = 0
     rescored: int = 0
+    swept: int = 0
     changes: int = 0
     model_version: str = ""
     clock: dt.datetime | None = None
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the handler
 
-
-@contextmanager
-def idempotent_txn(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
-    """Session confs that make the MERGE inside skip itself if this (app, version) already committed."""
-    spark.conf.set(_TXN_APP, app_id)
-    spark.conf.set(_TXN_VERSION, str(version))
-    try:
-        yield
-    finally:
-        spark.conf.unset(_TXN_APP)
-        spark.conf.unset(_TXN_VERSION)
-
-
-def merge_state(spark: SparkSession, lake: LakeSettings, deltas: DataFrame, app_id: str, batch_id: int) -> None:
-    """Add the batch's per-customer aggregates to customer_state (new customers inserted)."""
-    target = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE))
-
-    def run() -> None:
-        with idempotent_txn(spark, f"{app_id}:state", batch_id):
-            (
-                target.alias("t")
-                .merge(deltas.alias("s"), "t.master_id = s.master_id")
-                .whenMatchedUpdate(set=state_merge_updates())
-                .whenNotMatchedInsert(values=state_merge_inserts())
-                .execute()
-            )
-
-    with_conflict_retry(run, what=f"batch {batch_id}: MERGE customer_state")
-
-
-def merge_segments(spark: SparkSession, lake: LakeSettings, scored: DataFrame, app_id: str, batch_id: int) -> None:
-    """Upsert re-scored customers; a row scored by a newer model version is never overwritten by an older one."""
-    target = DeltaTable.forPath(spark, lake.table(CUSTOMER_SEGMENTS))
-    source = conform(scored, CUSTOMER_SEGMENTS_SCHEMA)
-
-    def run() -> None:
-        with idempotent_txn(spark, f"{app_id}:segments", batch_id):
-            (
-                target.alias("t")
-                .merge(source.alias("s"), "t.master_id = s.master_id")
-                .whenMatchedUpdateAll(condition="t.model_version <= s.model_version")
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
-
-    with_conflict_retry(run, what=f"batch {batch_id}: MERGE customer_segments")
-
-
-def segment_change_rows(scored: DataFrame, previous: DataFrame, batch_id: int) -> DataFrame:
-    """Customers whose segment differs from their previous row (or who had none), as change events."""
-    joined = scored.alias("n").join(previous.alias("p"), "master_id", "left")
-    changed = joined.where(F.col("p.segment").isNull() | (F.col("p.segment") != F.col("n.segment")))
-    change_id = F.substring(
-        F.sha2(F.concat_ws("|", "master_id", F.lit(batch_id), "n.model_version", "n.segment"), 256), 1, 32
-    )
-    return changed.select(
-        change_id.alias("change_id"),
-        "master_id",
-        F.col("p.segment").alias("previous_segment"),
-        F.col("n.segment").alias("segment"),
-        F.col("n.model_version").alias("model_version"),
-        F.col("n.as_of").alias("as_of"),
-        F.current_timestamp().alias("changed_at"),
-        F.lit(batch_id).cast("long").alias("batch_id"),
-    )
-
-
-def customers_to_rescore(
-    segments: DataFrame, changed_ids: DataFrame, model_version: str, as_of: dt.date, aging_days: int
-) -> DataFrame:
-    """Changed customers, plus those scored by another model or more than `aging_days` of event time ago."""
-    stale = segments.where(
-        (F.col("model_version") != model_version) | (F.col("as_of") <= F.lit(as_of - dt.timedelta(days=aging_days)))
-    ).select("master_id")
-    return changed_ids.select("master_id").unionByName(stale).distinct()
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the time spent inside to `steps[step]`."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[step] = round(self.steps.get(step, 0.0) + time.monotonic() - started, 3)
 
 
 def read_clock(spark: SparkSession, lake: LakeSettings) -> dt.datetime | None:
@@ -185,11 +144,21 @@ def initial_clock(spark: SparkSession, lake: LakeSettings) -> dt.datetime:
     return dt.datetime.combine(row[0], dt.time())
 
 
+def last_sweep(spark: SparkSession, lake: LakeSettings) -> tuple[dt.date, str] | None:
+    """(event date, model version) of the last sweep, from the clock row."""
+    if not table_exists(spark, lake, STREAM_CLOCK):
+        return None
+    row = read_table(spark, lake, STREAM_CLOCK).first()
+    if row is None or row["last_sweep_date"] is None:
+        return None
+    return row["last_sweep_date"], row["model_version"]
+
+
 def write_clock(
     spark: SparkSession,
     lake: LakeSettings,
     clock: dt.datetime,
-    model_version: str,
+    swept: tuple[dt.date, str],
     app_id: str,
     batch_id: int,
 ) -> None:
@@ -198,8 +167,8 @@ def write_clock(
         [
             (
                 clock,
-                clock.date(),
-                model_version,
+                swept[0],
+                swept[1],
                 batch_id,
                 dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
             )
@@ -227,13 +196,21 @@ def publish_changes(changes: DataFrame, settings: StreamSettings) -> None:
 
 
 class ModelCache:
-    """The current model, reloaded only when `flo-seg train` publishes a new version (hot reload)."""
+    """The current model, reloaded only when `flo-seg train` publishes a new version (hot reload).
 
-    def __init__(self) -> None:
+    The registry is read at most every `check_seconds`, not on every micro-batch.
+    """
+
+    def __init__(self, check_seconds: float = 5.0) -> None:
         self.model: ScoringModel | None = None
+        self.check_seconds = check_seconds
+        self.checked = 0.0
 
     def current(self, spark: SparkSession, lake: LakeSettings) -> ScoringModel:
         """Reload when the registry's current version differs from the cached one."""
+        if self.model is not None and time.monotonic() - self.checked < self.check_seconds:
+            return self.model
+        self.checked = time.monotonic()
         latest = read_table(spark, lake, "models").where("is_current").orderBy(F.col("trained_at").desc()).first()
         if latest is None:
             raise LookupError("no current model; run `flo-seg train` first")
@@ -244,73 +221,118 @@ class ModelCache:
         return self.model
 
 
-def crash_point(variable: str, batch_id: int) -> None:
-    """Fault injection for the crash-safety tests: SIGKILL this process group at a chosen batch."""
-    if os.environ.get(variable) == str(batch_id):
-        log.warning("%s=%d: killing the process group now", variable, batch_id)
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+def segment_change_rows(scored: DataFrame, batch_id: int) -> DataFrame:
+    """Scored customers whose segment differs from `previous_segment` (or who had none), as change events."""
+    changed = scored.where(F.col("previous_segment").isNull() | (F.col("previous_segment") != F.col("segment")))
+    change_id = F.substring(
+        F.sha2(F.concat_ws("|", "master_id", F.lit(batch_id), "model_version", "segment"), 256), 1, 32
+    )
+    return changed.select(
+        change_id.alias("change_id"),
+        "master_id",
+        "previous_segment",
+        "segment",
+        "model_version",
+        "as_of",
+        F.current_timestamp().alias("changed_at"),
+        F.lit(batch_id).cast("long").alias("batch_id"),
+    )
 
 
-def rescore_and_publish(
-    spark: SparkSession,
-    lake: LakeSettings,
-    settings: StreamSettings,
-    deltas: DataFrame,
-    model: ScoringModel,
-    as_of: dt.date,
-    needs_sweep: bool,
-    may_be_replay: bool,
-    app: str,
-    batch_id: int,
-    metrics: BatchMetrics,
-) -> None:
-    """Score changed (and, on a sweep, stale) customers; append changes, upsert segments, publish."""
-    segments = read_table(spark, lake, CUSTOMER_SEGMENTS)
-    if needs_sweep:
-        ids = customers_to_rescore(segments, deltas, model.record.version, as_of, settings.aging_days)
-    else:
-        ids = deltas.select("master_id")
-    state = read_table(spark, lake, CUSTOMER_STATE).join(ids, "master_id", "left_semi")
-    scored = score_customers(state, model, F.lit(as_of)).persist()
-    try:
-        metrics.rescored = scored.count()
-        if not metrics.rescored:
-            return
-        changes = segment_change_rows(scored, segments.select("master_id", "segment"), batch_id).persist()
-        metrics.changes = changes.count()
-        # Changes are appended before the segments they were computed against are replaced.
-        if metrics.changes:
-            append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id))
-        merge_segments(spark, lake, scored, app, batch_id)
-        # Published from the table, never from `changes`: the segments MERGE invalidates cached plans that
-        # read customer_segments, and a crashed attempt may have committed its changes already.
-        if metrics.changes or may_be_replay:
-            published = read_table(spark, lake, SEGMENT_CHANGES).where(F.col("batch_id") == batch_id)
-            if metrics.changes or published.limit(1).count():
-                publish_changes(published, settings)
-        changes.unpersist()
-    finally:
-        scored.unpersist()
+def _published_key(seq: str, model: str, as_of: str) -> F.Column:
+    return F.struct(F.coalesce(F.col(seq), F.lit(-1)).alias("seq"), F.col(model).alias("m"), F.col(as_of).alias("d"))
+
+
+def previous_segments(state_rows: DataFrame, unacked: DataFrame | None) -> DataFrame:
+    """(master_id, previous_segment) for the batch's customers: the newest segment published for them.
+
+    That is the one the state holds, unless `unacked` (segment_log rows the state has not read back
+    yet) holds a newer one: an available-now run reads segment_log only up to where it was at the start.
+    """
+    held = state_rows.select(
+        "master_id", "segment", _published_key("segment_seq", "model_version", "segment_as_of").alias("key")
+    )
+    if unacked is None:
+        return held.select("master_id", F.col("segment").alias("previous_segment"))
+    later = unacked.join(held.select("master_id"), "master_id", "left_semi").select(
+        "master_id", "segment", _published_key("state_seq", "model_version", "as_of").alias("key")
+    )
+    return held.unionByName(later).groupBy("master_id").agg(F.max_by("segment", "key").alias("previous_segment"))
+
+
+def unacked_segments(spark: SparkSession, lake: LakeSettings, settings: StreamSettings, batch_id: int) -> DataFrame:
+    """segment_log rows of earlier batches (and re-scores) from the version this batch's segment_log offset
+    stands at on: a superset of what the state has not read back (more is harmless: the newest wins)."""
+    offset = _source_offset(spark, f"{settings.checkpoint.rstrip('/')}/offsets/{batch_id}", "reservoirVersion")
+    # (reservoirVersion V, index): versions before V are read; V itself only up to `index`, so from V on.
+    after = int(offset["reservoirVersion"]) - 1 if offset else -1
+    latest = log_version(spark, lake, SEGMENT_LOG)
+    if latest <= after:
+        return spark.createDataFrame([], SEGMENT_LOG_SCHEMA)
+    rows = log_rows(spark, lake, SEGMENT_LOG, after, latest)
+    # This batch's own rows (a crashed attempt may have written them) are not "earlier".
+    return rows.where(F.col("batch_id").isNull() | (F.col("batch_id") < batch_id))
+
+
+def append_log(df: DataFrame, lake: LakeSettings, name: str, source: str, app: str, batch_id: int) -> None:
+    """Append rows to state_log / segment_log, tagged with the batch and what wrote them; idempotent."""
+    tagged = df.withColumn("batch_id", F.lit(batch_id).cast("long")).withColumn("source", F.lit(source))
+    append_table(tagged, lake, name, txn=(f"{app}:{name}:{source}", batch_id))
+
+
+def stale_customers(segments: DataFrame, model_version: str, as_of: dt.date, aging_days: int) -> DataFrame:
+    """Customers scored by another model or more than `aging_days` of event time ago, with that segment."""
+    return segments.where(
+        (F.col("model_version") != model_version) | (F.col("as_of") <= F.lit(as_of - dt.timedelta(days=aging_days)))
+    ).select("master_id", F.col("segment").alias("previous_segment"))
 
 
 class BatchFailed(RuntimeError):
     """A micro-batch could not be written; the message names the Kafka offsets it covered."""
 
 
-def offset_ranges(events: DataFrame) -> str:
-    """`topic[partition] offsets a..b` for each partition of a micro-batch, to name it in an error."""
+def _source_offset(spark: SparkSession, path: str, marker: str) -> dict[str, Any]:
+    """The JSON line of a checkpoint offset file that contains `marker` (a topic name, a Delta field)."""
+    for row in spark.read.text(path).collect():
+        line = row[0].strip()
+        if line.startswith("{") and f'"{marker}"' in line:
+            value = json.loads(line)
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def _kafka_offsets(spark: SparkSession, path: str, topic: str) -> dict[str, int]:
+    """The `{partition: offset}` of `topic` in a checkpoint offset file."""
+    value = _source_offset(spark, path, topic).get(topic)
+    return {str(p): int(o) for p, o in value.items()} if isinstance(value, dict) else {}
+
+
+def offset_ranges(spark: SparkSession, settings: StreamSettings, batch_id: int) -> str:
+    """`topic[partition] offsets a..b` for each partition a micro-batch read, from the checkpoint's offset log."""
+    root = settings.checkpoint.rstrip("/")
     try:
-        rows = (
-            events.groupBy("kafka_topic", "kafka_partition")
-            .agg(F.min("kafka_offset").alias("first"), F.max("kafka_offset").alias("last"))
-            .orderBy("kafka_topic", "kafka_partition")
-            .collect()
-        )
-    except Exception as exc:  # the source itself may be what failed
+        end = _kafka_offsets(spark, f"{root}/offsets/{batch_id}", settings.topic)
+        previous = f"{root}/offsets/{batch_id - 1}" if batch_id > 0 else f"{root}/sources/0/0"
+        start = _kafka_offsets(spark, previous, settings.topic)
+    except Exception as exc:  # the checkpoint itself may be what failed
         return f"offsets unknown: {first_line(exc, type(exc).__name__)}"
-    if not rows:
-        return "no events"
-    return ", ".join(f"{r['kafka_topic']}[{r['kafka_partition']}] offsets {r['first']}..{r['last']}" for r in rows)
+    ranges = [
+        f"{settings.topic}[{p}] offsets {start.get(p, 0)}..{o - 1}"
+        for p, o in sorted(end.items(), key=lambda kv: int(kv[0]))
+        if o > start.get(p, 0)
+    ]
+    return ", ".join(ranges) or "no events"
+
+
+@dataclass
+class _Memo:
+    """What this process already knows: the clock, the last sweep, the run's first batch."""
+
+    first_batch: int | None = None
+    clock: dt.datetime | None = None
+    swept: tuple[dt.date, str] | None = None
+    loaded: bool = False
 
 
 def make_batch_handler(
@@ -319,60 +341,174 @@ def make_batch_handler(
     app_id: Callable[[], str],
     on_metrics: Callable[[BatchMetrics], None],
 ) -> Callable[[DataFrame, int], None]:
-    """The foreachBatch function: one idempotent state + segments update per micro-batch."""
+    """The foreachBatch function over the state step's output: quarantine, logs, scores, changes, clock."""
     models = ModelCache()
-    # What this process already did. Only its first batch can be the replay of a crashed attempt, and
-    # an aging sweep at a given (clock date, model) finds nothing the second time, so both are skipped
-    # when known to be redundant: the tables end up the same, the batch costs less.
-    memo: dict[str, Any] = {"first_batch": True, "clock": None, "swept": None}
+    memo = _Memo()
 
-    def handle(batch_df: DataFrame, batch_id: int) -> None:
+    def handle(out_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        spark = batch_df.sparkSession
+        spark = out_df.sparkSession
         app = app_id()
         metrics = BatchMetrics(batch_id=batch_id)
-        is_first = memo["first_batch"]
-        events = batch_df.persist()
+        if memo.first_batch is None:
+            memo.first_batch = batch_id
+        # Only the first batch of a process can be the replay of a crashed attempt.
+        may_be_replay = batch_id == memo.first_batch
+        if not memo.loaded:
+            memo.clock = read_clock(spark, lake) or initial_clock(spark, lake)
+            memo.swept = last_sweep(spark, lake)
+            memo.loaded = True
+        out = out_df.persist()
         try:
-            counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
-            metrics.events = sum(counts.values())
-            metrics.valid = counts.get(None, 0)
-            metrics.quarantined = metrics.events - metrics.valid
-            if metrics.quarantined:
-                append_table(quarantine_rows(events), lake, QUARANTINE, txn=(f"{app}:quarantine", batch_id))
-
-            deltas = customer_order_deltas(valid_orders(events)).persist()
-            batch_max = None
-            if metrics.valid:
-                merge_state(spark, lake, deltas, app, batch_id)
-                crash_point("FLO_FAULT_AFTER_STATE_MERGE", batch_id)
-                summary = deltas.agg(F.count(F.lit(1)), F.max("max_order_time")).first()
-                metrics.customers_updated, batch_max = summary[0], summary[1]  # type: ignore[index]
-
-            old_clock = memo["clock"] or read_clock(spark, lake) or initial_clock(spark, lake)
-            clock = max(old_clock, batch_max) if batch_max is not None else old_clock
+            summary = out.groupBy("kind").agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.sum("batch_orders").alias("orders"),
+                F.max("last_order_ts").alias("latest"),
+            )
+            with metrics.timed("state step"):
+                kinds = {r["kind"]: r for r in summary.collect()}
+            state_summary = kinds.get(STATE)
+            metrics.quarantined = kinds[INVALID]["rows"] if INVALID in kinds else 0
+            metrics.customers_updated = state_summary["rows"] if state_summary else 0
+            metrics.valid = int(state_summary["orders"] or 0) if state_summary else 0
+            metrics.events = metrics.valid + metrics.quarantined
+            assert memo.clock is not None
+            clock = memo.clock
+            if state_summary is not None and state_summary["latest"] is not None:
+                clock = max(clock, state_summary["latest"])
             metrics.clock = clock
-            model = models.current(spark, lake)
+            with metrics.timed("model check"):
+                model = models.current(spark, lake)
             metrics.model_version = model.record.version
             as_of = clock.date()
-            needs_sweep = memo["swept"] != (as_of, model.record.version)
-            if metrics.valid or needs_sweep or is_first:
-                rescore_and_publish(
-                    spark, lake, settings, deltas, model, as_of, needs_sweep, is_first, app, batch_id, metrics
+            wanted = (as_of, model.record.version)
+            needs_sweep = memo.swept != wanted
+            # The batch's writes are independent idempotent transactions on different tables (a replay
+            # recomputes the same rows from the state store), so they run at once; only a sweep, which
+            # reads what they wrote, and the clock after it wait.
+            writes: dict[str, Callable[[], None]] = {}
+            if metrics.quarantined:
+                quarantined = out.where(F.col("kind") == INVALID).select("quarantine.*")
+                writes["quarantine"] = lambda: append_table(
+                    quarantined, lake, QUARANTINE, txn=(f"{app}:quarantine", batch_id)
                 )
-                write_clock(spark, lake, clock, model.record.version, app, batch_id)
-            memo.update(first_batch=False, clock=clock, swept=(as_of, model.record.version))
-            deltas.unpersist()
+            persisted: list[DataFrame] = []
+            if metrics.customers_updated:
+                state = as_customer_state(out, "segment", "model_version", "segment_seq", "segment_as_of")
+                with metrics.timed("unacked"):
+                    unacked = unacked_segments(spark, lake, settings, batch_id) if settings.available_now else None
+                previous = previous_segments(state, unacked)
+                scored = (
+                    score_customers(state.drop("segment", "model_version"), model, F.lit(as_of))
+                    .join(previous, "master_id")
+                    .persist()
+                )
+                changes = segment_change_rows(scored, batch_id).persist()
+                persisted += [scored, changes]
+                metrics.rescored = metrics.customers_updated
+                with metrics.timed("score"):
+                    metrics.changes = changes.count()
+                writes["state_log"] = lambda: append_log(state, lake, STATE_LOG, "stream", app, batch_id)
+                writes["segment_log"] = lambda: append_log(scored, lake, SEGMENT_LOG, "stream", app, batch_id)
+                if metrics.changes:
+                    writes["segment_changes"] = lambda: append_table(
+                        changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id)
+                    )
+                    if not (may_be_replay or needs_sweep):
+                        writes["publish"] = lambda: publish_changes(changes, settings)
+            clock_changed = metrics.customers_updated or needs_sweep or clock != memo.clock
+            if clock_changed and not needs_sweep:
+                writes["clock"] = lambda: write_clock(spark, lake, clock, wanted, app, batch_id)
+            with metrics.timed("writes"):
+                run_all(writes, metrics)
+            for frame in persisted:
+                frame.unpersist()
+            crash_point("FLO_FAULT_AFTER_LOGS", batch_id)
+
+            if needs_sweep:
+                with metrics.timed("sweep"):
+                    sweep(spark, lake, settings, model, as_of, app, batch_id, metrics)
+            if (may_be_replay or needs_sweep) and settings.changes_topic is not None:
+                # A crashed attempt (or the sweep) may have appended changes the frames above do not hold.
+                with metrics.timed("publish"):
+                    published = read_table(spark, lake, SEGMENT_CHANGES).where(F.col("batch_id") == batch_id)
+                    if published.limit(1).count():
+                        publish_changes(published, settings)
+            if needs_sweep:
+                with metrics.timed("clock"):
+                    write_clock(spark, lake, clock, wanted, app, batch_id)
+            memo.clock, memo.swept = clock, wanted
         except Exception as exc:
-            where = offset_ranges(events)
+            where = offset_ranges(spark, settings, batch_id)
             log.error("batch %d (%s) failed: %s", batch_id, where, exc)
             raise BatchFailed(f"batch {batch_id} ({where}) failed: {first_line(exc, type(exc).__name__)}") from exc
         finally:
-            events.unpersist()
+            out.unpersist()
         metrics.seconds = time.monotonic() - started
         on_metrics(metrics)
 
     return handle
+
+
+def run_all(writes: dict[str, Callable[[], None]], metrics: BatchMetrics) -> None:
+    """Run the batch's writes at once, each timed; the first failure is raised once all have ended."""
+    if len(writes) <= 1:
+        for name, write in writes.items():
+            with metrics.timed(name):
+                write()
+        return
+
+    def timed(name: str, write: Callable[[], None]) -> None:
+        with metrics.timed(name):
+            write()
+
+    with ThreadPoolExecutor(max_workers=len(writes), thread_name_prefix="flo-seg-write") as pool:
+        futures = [pool.submit(timed, name, write) for name, write in writes.items()]
+    for future in futures:
+        future.result()
+
+
+def sweep(
+    spark: SparkSession,
+    lake: LakeSettings,
+    settings: StreamSettings,
+    model: ScoringModel,
+    as_of: dt.date,
+    app: str,
+    batch_id: int,
+    metrics: BatchMetrics,
+) -> None:
+    """Aging and model reload: re-score every customer whose segment is stale at `as_of` with `model`.
+
+    Runs once per event date and model version; it compacts first (so the tables hold every batch,
+    this one's too), and costs a scan of customer_segments plus scoring the stale customers.
+    """
+    started = time.monotonic()
+    compact_lake(spark, lake)
+    stale = stale_customers(
+        read_table(spark, lake, CUSTOMER_SEGMENTS), model.record.version, as_of, settings.aging_days
+    )
+    state = read_table(spark, lake, CUSTOMER_STATE).join(stale, "master_id")
+    scored = score_customers(state, model, F.lit(as_of)).persist()
+    try:
+        metrics.swept = scored.count()
+        if metrics.swept:
+            changes = segment_change_rows(scored, batch_id)
+            metrics.changes += changes.count()
+            # Changes first: a replay after the segment rows committed would find nobody stale any more.
+            append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:sweep-changes", batch_id))
+            crash_point("FLO_FAULT_IN_SWEEP", "sweep")
+            append_log(scored, lake, SEGMENT_LOG, "sweep", app, batch_id)
+    finally:
+        scored.unpersist()
+    metrics.rescored += metrics.swept
+    log.info(
+        "sweep at %s with model %s: %d stale customers re-scored in %.1fs",
+        as_of,
+        model.record.version,
+        metrics.swept,
+        time.monotonic() - started,
+    )
 
 
 class BatchLogger(StreamingQueryListener):
@@ -403,19 +539,19 @@ class BatchLogger(StreamingQueryListener):
             metrics = self.pending.pop(progress.batchId, None)
         # Watermark-only batches (Spark runs them to expire de-duplication state) read nothing: no line
         # unless they re-scored someone.
-        if metrics is None or (not progress.numInputRows and not metrics.rescored):
+        if metrics is None or (not kafka_rows(progress) and not metrics.rescored):
             return
         dedupes = [op for op in progress.stateOperators or [] if op.operatorName == DEDUPE_OPERATOR]
         # drop_duplicate_events chains (event_id, content) then event_id; progress lists the outer one first.
         conflicts = _dropped(dedupes[0]) if dedupes else 0
         resent = sum(_dropped(op) for op in dedupes[1:])
         ids_held = int(dedupes[0].numRowsTotal or 0) if dedupes else 0
-        read = int(progress.numInputRows)
+        read = kafka_rows(progress)
         seconds = progress.batchDuration / 1000.0 if progress.batchDuration else metrics.seconds
         log.info(
             "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d, conflicting duplicates "
-            "dropped %d (event ids held %d), customers updated %d, re-scored %d, segment changes %d, model %s, "
-            "clock %s, %.2fs, %.0f events/s",
+            "dropped %d (event ids held %d), customers updated %d, re-scored %d (swept %d), segment changes %d, "
+            "model %s, clock %s, %.2fs, %.0f events/s",
             metrics.batch_id,
             read,
             metrics.valid,
@@ -425,6 +561,7 @@ class BatchLogger(StreamingQueryListener):
             ids_held,
             metrics.customers_updated,
             metrics.rescored,
+            metrics.swept,
             metrics.changes,
             metrics.model_version,
             metrics.clock,
@@ -435,6 +572,11 @@ class BatchLogger(StreamingQueryListener):
 
 def _dropped(operator: Any) -> int:
     return int((operator.customMetrics or {}).get("numDroppedDuplicateRows", 0))
+
+
+def kafka_rows(progress: Any) -> int:
+    """Rows a micro-batch read from Kafka (the segment_log source's rows are the stream's own)."""
+    return sum(int(s.numInputRows) for s in progress.sources if "kafka" in s.description.lower())
 
 
 def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
@@ -453,14 +595,65 @@ def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
     return drop_duplicate_events(parse_order_events(reader.load()), settings.dedupe_window)
 
 
+# Beside the query's own files in the checkpoint: the segment_log version its state starts after.
+SEGMENT_LOG_START = "flo-seg-segment-log-start.json"
+
+
+def segment_log_start(spark: SparkSession, lake: LakeSettings, checkpoint: str) -> int:
+    """The segment_log version to read published segments from, fixed when the checkpoint is new.
+
+    The state is bootstrapped from customer_segments as compacted at that first start; a restart must
+    read segment_log from the same version (Spark takes `startingVersion` again while the source has
+    no committed offset yet). Re-reading a version the bootstrap already holds is harmless: the
+    newest segment wins.
+    """
+    marker = LeaseFile(spark, checkpoint, SEGMENT_LOG_START)
+    found = marker.read()
+    if found is None:
+        start = max(compacted_version(spark, lake, SEGMENTS.log), 0)
+        if marker.create(json.dumps({"starting_version": start}).encode()):
+            return start
+        found = marker.read()
+    assert found is not None
+    return int(json.loads(found[0])["starting_version"])
+
+
+def published_segments(spark: SparkSession, lake: LakeSettings, starting_version: int) -> DataFrame:
+    """segment_log as a stream: what was published comes back to the state.
+
+    A truncation of the log (a `train --history --replace-state`) is skipped: that needs a new
+    checkpoint anyway.
+    """
+    return (
+        spark.readStream.format("delta")
+        .option("startingVersion", starting_version)
+        .option("skipChangeCommits", "true")
+        .load(lake.table(SEGMENT_LOG))
+    )
+
+
+def state_updates(spark: SparkSession, lake: LakeSettings, settings: StreamSettings) -> DataFrame:
+    """Orders, quarantined events and published segments through the per-customer state step."""
+    events = kafka_events(spark, settings)
+    published = published_segments(spark, lake, segment_log_start(spark, lake, settings.checkpoint))
+    inputs = event_inputs(events).unionByName(segment_inputs(published))
+    bootstrap = bootstrap_state(read_table(spark, lake, CUSTOMER_STATE), read_table(spark, lake, CUSTOMER_SEGMENTS))
+    return apply_customer_state(inputs, bootstrap)
+
+
 def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:
-    """The stream extends what `flo-seg train` created; it creates only its own tables."""
+    """The stream extends what `flo-seg train` created; it creates only its own tables, then compacts.
+
+    Compacting first makes customer_state and customer_segments hold everything logged so far: they
+    bootstrap the state store when the checkpoint is new.
+    """
     for needed in (CUSTOMER_STATE, CUSTOMER_SEGMENTS, "models"):
         if not table_exists(spark, lake, needed):
             raise LookupError(f"no {needed} table under {lake.root}; run `flo-seg train --history CSV` first")
-    # Also gives the MERGE targets of a lake written by an older version their contract properties.
-    for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS, QUARANTINE, SEGMENT_CHANGES):
+    for name in (QUARANTINE, SEGMENT_CHANGES):
         ensure_table(spark, lake, name)
+    prepare_logs(spark, lake)
+    compact_lake(spark, lake)
 
 
 def start_stream(
@@ -468,9 +661,11 @@ def start_stream(
 ) -> StreamingQuery:
     """Start the query (named, checkpointed, explicit trigger) and return it."""
     prepare_tables(spark, lake)
+    for key, value in _STATE_STORE.items():
+        spark.conf.set(key, value)
+    # A new checkpoint fixes its state partitions; a restart keeps the checkpoint's whatever is set here.
     spark.conf.set(
-        "spark.sql.streaming.stateStore.providerClass",
-        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        "spark.sql.shuffle.partitions", str(settings.state_partitions or spark.sparkContext.defaultParallelism)
     )
     listener = listener or BatchLogger()
     spark.streams.addListener(listener)
@@ -483,9 +678,10 @@ def start_stream(
 
     handler = make_batch_handler(lake, settings, app_id, listener.record)
     writer = (
-        kafka_events(spark, settings)
+        state_updates(spark, lake, settings)
         .writeStream.queryName(settings.query_name)
         .option("checkpointLocation", settings.checkpoint)
+        .outputMode("update")
         .foreachBatch(handler)
     )
     writer = (
@@ -505,8 +701,3 @@ def start_stream(
         lake.root,
     )
     return query
-
-
-def as_of_column(clock: dt.datetime) -> Column:
-    """The scoring date for an event-time clock."""
-    return F.lit(clock.date())

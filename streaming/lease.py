@@ -260,9 +260,10 @@ class LeaseStore(Protocol):
 
 
 class LeaseFile:
-    """The lease file of one checkpoint through Hadoop's FileSystem API, so a URI works like a local path."""
+    """The lease file of one checkpoint (or another small file beside it, `name`) through Hadoop's
+    FileSystem API, so a URI works like a local path."""
 
-    def __init__(self, spark: SparkSession, checkpoint: str) -> None:
+    def __init__(self, spark: SparkSession, checkpoint: str, name: str = LEASE_FILE) -> None:
         sc = spark.sparkContext
         jvm, gateway = sc._jvm, sc._gateway
         if jvm is None or gateway is None or sc._jsc is None:
@@ -271,7 +272,7 @@ class LeaseFile:
         self.checkpoint = checkpoint
         self._jvm = jvm
         self._gateway = gateway
-        self._path = hadoop_path(hadoop_path(checkpoint), LEASE_FILE)
+        self._path = hadoop_path(hadoop_path(checkpoint), name)
         fs = self._path.getFileSystem(sc._jsc.hadoopConfiguration())
         if is_instance_of(gateway, fs, "org.apache.hadoop.fs.ChecksumFileSystem"):
             fs = fs.getRawFileSystem()  # no .crc side file that a rewritten lease could disagree with

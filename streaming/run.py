@@ -1,4 +1,5 @@
-"""The `flo-seg stream` edge: start the query, log, stop cleanly on Ctrl-C / SIGTERM or after a duration."""
+"""The `flo-seg stream` edge: start the query and its compaction, log, stop cleanly on Ctrl-C / SIGTERM or after a
+duration (then compact once more, so the tables hold everything the stream did)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import FrameType
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from batch.compact import Compactor
 from flo_seg.settings import LakeSettings
 from streaming.job import BatchLogger, StreamSettings, start_stream
 from streaming.lease import checkpoint_lease
@@ -73,6 +75,7 @@ def run_stream(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
         query = start_stream(spark, lake, settings, BatchLogger())
+        compactor = Compactor(spark, lake, settings.compact_seconds).start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             while query.isActive and not stopping["signal"] and not lost:
@@ -82,6 +85,7 @@ def run_stream(
                 query.awaitTermination(timeout=1)
         finally:
             stop_between_batches(query)
+            compactor.stop(final=not lost)
     error = query.exception()
     if error is not None:
         log.error("stream failed: %s", error)

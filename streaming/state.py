@@ -1,11 +1,24 @@
-"""Per-customer order aggregates of a micro-batch and their MERGE into `customer_state`."""
+"""Per-customer order aggregates of a micro-batch and their MERGE into `customer_state`: the design the
+stream used before its state moved into the state store (jvm/state keeps the same rules). Kept as the
+reference the state step is tested against and as the benchmarks' baseline.
+"""
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
+from batch.lake import with_conflict_retry
+from flo_seg.settings import LakeSettings
+from schemas.tables import CUSTOMER_STATE
+
+_TXN_APP = "spark.databricks.delta.write.txnAppId"
+_TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
 CENTS = "decimal(18,2)"
 
@@ -58,6 +71,7 @@ def state_merge_updates() -> dict[str, str | Column]:
         "last_order_ts": "greatest(t.last_order_ts, s.max_order_time)",
         CATEGORY_LIST: f"array_union(coalesce(t.{CATEGORY_LIST}, array()), s.categories)",
         "updated_at": "current_timestamp()",
+        "state_seq": "coalesce(t.state_seq, 0) + 1",
     }
 
 
@@ -78,4 +92,34 @@ def state_merge_inserts() -> dict[str, str | Column]:
         CATEGORY_LIST: "s.categories",
         "last_order_ts": "s.max_order_time",
         "updated_at": "current_timestamp()",
+        "state_seq": "1",
     }
+
+
+@contextmanager
+def idempotent_txn(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
+    """Session confs that make the MERGE inside skip itself if this (app, version) already committed."""
+    spark.conf.set(_TXN_APP, app_id)
+    spark.conf.set(_TXN_VERSION, str(version))
+    try:
+        yield
+    finally:
+        spark.conf.unset(_TXN_APP)
+        spark.conf.unset(_TXN_VERSION)
+
+
+def merge_state(spark: SparkSession, lake: LakeSettings, deltas: DataFrame, app_id: str, batch_id: int) -> None:
+    """Add the batch's per-customer aggregates to customer_state (new customers inserted)."""
+    target = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE))
+
+    def run() -> None:
+        with idempotent_txn(spark, f"{app_id}:state", batch_id):
+            (
+                target.alias("t")
+                .merge(deltas.alias("s"), "t.master_id = s.master_id")
+                .whenMatchedUpdate(set=state_merge_updates())
+                .whenNotMatchedInsert(values=state_merge_inserts())
+                .execute()
+            )
+
+    with_conflict_retry(run, what=f"batch {batch_id}: MERGE customer_state")

@@ -14,8 +14,7 @@ from batch.maintain import run_maintenance
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
 from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, QUARANTINE, SEGMENT_CHANGES
-from streaming.job import merge_state
-from streaming.state import customer_order_deltas
+from streaming.state import customer_order_deltas, merge_state
 
 DV = "delta.enableDeletionVectors"
 UPDATED = dt.datetime(2021, 5, 31)
@@ -25,7 +24,7 @@ def state_rows(spark: SparkSession, n: int) -> DataFrame:
     """`n` customers with one offline order each, as history loads them."""
     day = dt.date(2021, 1, 1)
     rows = [
-        (f"c{i:03d}", "Offline", "Offline", day, day, None, day, 0, 1, 100.0, 0.0, ["KADIN"], None, UPDATED)
+        (f"c{i:03d}", "Offline", "Offline", day, day, None, day, 0, 1, 100.0, 0.0, ["KADIN"], None, UPDATED, 0)
         for i in range(n)
     ]
     return spark.createDataFrame(rows, CUSTOMER_STATE_SCHEMA)
@@ -68,11 +67,15 @@ def test_state_is_created_with_deletion_vectors_and_keeps_them_on_overwrite(
 
 def test_older_state_table_gets_the_property(spark: SparkSession, tmp_path: Path) -> None:
     lake = LakeSettings(root=str(tmp_path / "old"))
-    state_rows(spark, 3).write.format("delta").save(lake.table(CUSTOMER_STATE))  # as an older version wrote it
+    # As an older version wrote it: no property, no state_seq column.
+    state_rows(spark, 3).drop("state_seq").write.format("delta").save(lake.table(CUSTOMER_STATE))
     assert DV not in table_properties(spark, lake, CUSTOMER_STATE)
     ensure_table(spark, lake, CUSTOMER_STATE)
     assert table_properties(spark, lake, CUSTOMER_STATE)[DV] == "true"
-    assert read_table(spark, lake, CUSTOMER_STATE).count() == 3
+    state = read_table(spark, lake, CUSTOMER_STATE)
+    assert state.count() == 3
+    assert state.columns == CUSTOMER_STATE_SCHEMA.fieldNames()  # the column it lacked is added, as null
+    assert {r["state_seq"] for r in state.collect()} == {None}
 
 
 def test_stream_merge_marks_rows_instead_of_rewriting_files(spark: SparkSession, lake: LakeSettings) -> None:

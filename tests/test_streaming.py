@@ -27,6 +27,7 @@ from streaming_support import (
     train_small_lake,
 )
 
+from batch.compact import compact_lake
 from batch.lake import read_table
 from batch.score import load_current_model, score_customers
 from batch.train import run_train
@@ -115,6 +116,7 @@ def clean_run(
         assert query.exception() is None
     finally:
         query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
     return lake
 
 
@@ -222,11 +224,18 @@ def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
 ) -> None:
     lake = copy_lake(trained_lake, tmp_path / "lake")
     checkpoint = tmp_path / "checkpoint"
-    # First a crash exactly between the state MERGE and the segment write of batch 1, then kill -9 at
-    # several moments, then a run to completion.
-    proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap, env={"FLO_FAULT_AFTER_STATE_MERGE": "1"})
-    proc.wait(timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
+    # First crashes at chosen points: after batch 1's log appends (before any compaction took them), inside
+    # an aging sweep between its changes and its segment rows, between a compaction's MERGE and its
+    # record. Then kill -9 at several moments, then a run to completion.
+    faults = {
+        "FLO_FAULT_AFTER_LOGS": "1",
+        "FLO_FAULT_IN_SWEEP": "sweep",
+        "FLO_FAULT_AFTER_COMPACT_MERGE": "segment_log",
+    }
+    for variable, value in faults.items():
+        proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap, env={variable: value})
+        proc.wait(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (variable, proc.stdout.read() if proc.stdout else "")
     for delay in (14.0, 19.0, 25.0):
         proc = run_stream_process(lake, checkpoint, topics, kafka_bootstrap)
         time.sleep(delay)
@@ -273,6 +282,7 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
         assert query.exception() is None
     finally:
         query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
     clock = read_table(spark, lake, "stream_clock").first()["clock_ts"]  # type: ignore[index]
     after = read_table(spark, lake, "customer_segments").toPandas().set_index("master_id")
     # Every segment is at most `aging_days` of event time old, so nobody keeps a year-old verdict.
@@ -326,9 +336,57 @@ def test_new_model_is_hot_reloaded_while_the_stream_runs(
         assert query.exception() is None
     finally:
         query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
     segments = read_table(spark, lake, "customer_segments")
     assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
     assert segments.count() == read_table(spark, lake, "customer_state").count()
     changes = read_table(spark, lake, "segment_changes").toPandas()
     switched = changes.loc[changes["model_version"] == summary.model_version, "batch_id"].min()
     assert (changes.loc[changes["batch_id"] > switched, "model_version"] == summary.model_version).all()
+
+
+def test_a_rescore_while_the_stream_runs_is_what_its_next_change_starts_from(
+    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """customer_segments belongs to the compaction; a re-score reaches the stream's state through segment_log."""
+    from batch.rescore import run_rescore
+
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    ids = sorted(r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(30).collect())
+    latest = read_table(spark, lake, "customer_state").agg(F.max("last_order_date")).first()[0]  # type: ignore[index]
+    start = dt.datetime.combine(latest, dt.time(), tzinfo=dt.timezone.utc)
+    valid = [m for m in make_events(ids, start, 40, seed=21).messages if m[0] != b"bad"]
+    topics = fresh_topics(kafka_bootstrap)
+    settings = StreamSettings(
+        bootstrap_servers=kafka_bootstrap,
+        checkpoint=str(tmp_path / "checkpoint"),
+        topic=topics[0],
+        changes_topic=topics[1],
+        trigger_seconds=0.5,
+    )
+    query = start_stream(spark, lake, settings)
+    try:
+        send(kafka_bootstrap, topics[0], valid)
+        query.processAllAvailable()
+        # A year and more later every customer has lapsed: the re-score moves them to other segments.
+        run_rescore(spark, lake, as_of=latest + dt.timedelta(days=500))
+        rescored = {r["master_id"]: r["segment"] for r in read_table(spark, lake, "customer_segments").collect()}
+        before = read_table(spark, lake, "segment_changes").agg(F.max("batch_id")).first()[0]  # type: ignore[index]
+        again = [(m[0], m[1].replace(b'"e-21-', b'"again-')) for m in valid]  # same customers, new event ids
+        send(kafka_bootstrap, topics[0], again)
+        query.processAllAvailable()
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)
+    changes = read_table(spark, lake, "segment_changes").where(F.col("batch_id") > before).toPandas()
+    segments = read_table(spark, lake, "customer_segments").toPandas().set_index("master_id")
+    moved = [m for m in ids if m in set(changes["master_id"])]
+    assert moved, "the orders after the re-score moved nobody"
+    first = changes.sort_values("batch_id").groupby("master_id").first()
+    for m in moved:
+        # The change starts from the re-scored segment, not from what the stream itself last published.
+        assert first.loc[m, "previous_segment"] == rescored[m], m
+    # Customers whose re-scored segment differs from where their new orders put them all produced a change.
+    differ = {m for m in ids if m in segments.index and segments.loc[m, "segment"] != rescored[m]}
+    assert differ <= set(moved)

@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from streaming_support import send, train_small_lake
 
+from batch.compact import compact_lake
 from batch.lake import read_table
 from flo_seg.settings import LakeSettings
 from flo_seg.stack import TopicSpec, ensure_topics
@@ -44,6 +45,7 @@ def stream_topic(
         return exc
     finally:
         query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
     return query.exception()
 
 

@@ -178,10 +178,10 @@ def test_cli_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _stream_one_order(spark: SparkSession, lake: LakeSettings, master_id: str) -> None:
-    """One order applied through the stream's own MERGE, as `flo-seg stream` does."""
+    """One order through the stream's own state step and into state_log, as a `flo-seg stream` batch does."""
+    from streaming.customer_state import apply_customer_state, as_customer_state, bootstrap_state, order_inputs
     from streaming.events import parse_order_events, valid_orders
-    from streaming.job import merge_state
-    from streaming.state import customer_order_deltas
+    from streaming.job import append_log
 
     event = {
         "event_id": "streamed-1",
@@ -195,7 +195,9 @@ def _stream_one_order(spark: SparkSession, lake: LakeSettings, master_id: str) -
         [(master_id.encode(), json.dumps(event).encode(), "orders", 0, 0)],
         "key binary, value binary, topic string, partition int, offset long",
     )
-    merge_state(spark, lake, customer_order_deltas(valid_orders(parse_order_events(kafka))), "test-app", 0)
+    orders = order_inputs(valid_orders(parse_order_events(kafka)))
+    out = apply_customer_state(orders, bootstrap_state(read_table(spark, lake, "customer_state")))
+    append_log(as_customer_state(out), lake, "state_log", "stream", "test-app", 0)
 
 
 def test_train_from_history_refuses_to_discard_what_the_stream_added(
@@ -211,13 +213,14 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     code = cli.main(["--lake", lake.root, "train", "--history", str(history), "--k", "3"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert "holds orders the stream added (1 stream MERGE commit(s))" in err and "--from-lake" in err
+    assert "holds orders the stream added (1 stream state update(s) in state_log)" in err and "--from-lake" in err
     assert "\n" not in err and "--replace-state" in err
-    state = read_table(spark, lake, "customer_state")
-    assert state.count() == streamed_count == CUSTOMERS + 1
-    assert state.where(F.col("master_id") == new_customer).count() == 1
+    assert read_table(spark, lake, "customer_state").count() == streamed_count == CUSTOMERS  # logged, not compacted
 
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None)  # --from-lake keeps it
+    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None)  # --from-lake compacts, keeps it
+    state = read_table(spark, lake, "customer_state")
+    assert state.count() == CUSTOMERS + 1
+    assert state.where(F.col("master_id") == new_customer).first()["state_seq"] == 1  # type: ignore[index]
     assert read_table(spark, lake, "customer_segments").where(F.col("master_id") == new_customer).count() == 1
 
     run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history), replace_state=True)
