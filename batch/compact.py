@@ -198,13 +198,30 @@ def compact_lake(spark: SparkSession, lake: LakeSettings) -> list[Compacted]:
     return done
 
 
+# The background compaction's session: many small tasks, so a micro-batch never waits long for a core.
+_SMALL_TASKS = {
+    "spark.sql.shuffle.partitions": "16",
+    "spark.sql.adaptive.coalescePartitions.enabled": "false",
+    "spark.sql.files.maxPartitionBytes": str(8 * 2**20),
+}
+
+
 class Compactor:
-    """Compacts every `interval_s` in a background thread (its own FAIR pool) while the stream runs."""
+    """Compacts every `interval_s` in a background thread while the stream runs.
+
+    It has a session of its own: its jobs run in their own FAIR pool, and with many small tasks (more
+    shuffle partitions, smaller file splits), so a micro-batch's job waits for one short task at most
+    instead of a whole stage of the compaction.
+    """
 
     POOL = "compaction"
 
     def __init__(self, spark: SparkSession, lake: LakeSettings, interval_s: float) -> None:
-        self.spark, self.lake, self.interval_s = spark, lake, interval_s
+        self.spark = spark.newSession()
+        timezone = spark.conf.get("spark.sql.session.timeZone") or "UTC"
+        for key, value in {**_SMALL_TASKS, "spark.sql.session.timeZone": timezone}.items():
+            self.spark.conf.set(key, value)
+        self.lake, self.interval_s = lake, interval_s
         self.stopping = threading.Event()
         self.failures = 0
         self.thread = threading.Thread(target=self._run, name="flo-seg-compactor", daemon=True)

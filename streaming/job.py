@@ -15,7 +15,8 @@ Exactly once: the Kafka and segment_log offsets, the de-duplication and the cust
 checkpoint, so a restarted query replays an unfinished micro-batch with the same `batch_id`, the same
 rows and the same state. Every Delta write of the batch is an idempotent transaction (`txnAppId` =
 query id and what, `txnVersion` = batch_id): a write that committed before a crash is skipped on
-replay, one that did not is redone. The event-time clock is advanced last.
+replay, one that did not is redone. The writes of a batch run at once. The event-time clock is the
+latest order time in state_log; `stream_clock` records it with each sweep.
 
 Aging and model reload are sweeps: when the event-time date or the current model changes, the batch
 compacts, then re-scores every customer whose segment is older than `aging_days` or from another model.
@@ -39,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
-from batch.lake import append_table, ensure_table, read_table, table_exists, with_conflict_retry
+from batch.lake import append_once, ensure_table, read_table, table_exists, with_conflict_retry
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
 from flo_seg.faults import crash_point
@@ -63,6 +64,7 @@ from streaming.customer_state import (
     bootstrap_state,
     event_inputs,
     segment_inputs,
+    state_schema,
 )
 from streaming.events import DEFAULT_DEDUPE_WINDOW, drop_duplicate_events, parse_order_events
 from streaming.lease import LeaseFile
@@ -129,11 +131,18 @@ class BatchMetrics:
 
 
 def read_clock(spark: SparkSession, lake: LakeSettings) -> dt.datetime | None:
-    """The event-time clock, or None before the first batch."""
-    if not table_exists(spark, lake, STREAM_CLOCK):
-        return None
-    row = read_table(spark, lake, STREAM_CLOCK).agg(F.max("clock_ts")).first()
-    return None if row is None else row[0]
+    """The event-time clock, or None before the first batch.
+
+    `stream_clock` is written with each sweep (when the event date or the model changes); in between,
+    the clock is the latest order time in `state_log` (a late order never raises either).
+    """
+    times = []
+    for name, column in ((STREAM_CLOCK, "clock_ts"), (STATE_LOG, "last_order_ts")):
+        if table_exists(spark, lake, name):
+            row = read_table(spark, lake, name).agg(F.max(column)).first()
+            if row is not None and row[0] is not None:
+                times.append(row[0])
+    return max(times, default=None)
 
 
 def initial_clock(spark: SparkSession, lake: LakeSettings) -> dt.datetime:
@@ -162,7 +171,8 @@ def write_clock(
     app_id: str,
     batch_id: int,
 ) -> None:
-    """Replace the one clock row; committed last, so a replayed batch sees the clock it started from."""
+    """Replace the one clock row (with the sweep it ran): committed after the sweep, so a replayed batch
+    whose sweep did not finish sweeps again."""
     row = spark.createDataFrame(
         [
             (
@@ -274,10 +284,17 @@ def unacked_segments(spark: SparkSession, lake: LakeSettings, settings: StreamSe
     return rows.where(F.col("batch_id").isNull() | (F.col("batch_id") < batch_id))
 
 
-def append_log(df: DataFrame, lake: LakeSettings, name: str, source: str, app: str, batch_id: int) -> None:
-    """Append rows to state_log / segment_log, tagged with the batch and what wrote them; idempotent."""
+def append_log(
+    df: DataFrame, lake: LakeSettings, name: str, source: str, app: str, batch_id: int, *, may_be_replay: bool = True
+) -> None:
+    """Append rows to state_log / segment_log, tagged with the batch and what wrote them; once per batch."""
     tagged = df.withColumn("batch_id", F.lit(batch_id).cast("long")).withColumn("source", F.lit(source))
-    append_table(tagged, lake, name, txn=(f"{app}:{name}:{source}", batch_id))
+    append_once(tagged, lake, name, batch_tag(app, f"{name}:{source}", batch_id), may_exist=may_be_replay)
+
+
+def batch_tag(app: str, what: str, batch_id: int) -> str:
+    """The userMetadata of a micro-batch's commit: query id, what, batch id."""
+    return f"{app}:{what}:{batch_id}"
 
 
 def stale_customers(segments: DataFrame, model_version: str, as_of: dt.date, aging_days: int) -> DataFrame:
@@ -386,11 +403,11 @@ def make_batch_handler(
             # The batch's writes are independent idempotent transactions on different tables (a replay
             # recomputes the same rows from the state store), so they run at once; only a sweep, which
             # reads what they wrote, and the clock after it wait.
-            writes: dict[str, Callable[[], None]] = {}
+            writes: dict[str, Callable[[], object]] = {}
             if metrics.quarantined:
                 quarantined = out.where(F.col("kind") == INVALID).select("quarantine.*")
-                writes["quarantine"] = lambda: append_table(
-                    quarantined, lake, QUARANTINE, txn=(f"{app}:quarantine", batch_id)
+                writes["quarantine"] = lambda: append_once(
+                    quarantined, lake, QUARANTINE, batch_tag(app, "quarantine", batch_id), may_exist=may_be_replay
                 )
             persisted: list[DataFrame] = []
             if metrics.customers_updated:
@@ -408,17 +425,18 @@ def make_batch_handler(
                 metrics.rescored = metrics.customers_updated
                 with metrics.timed("score"):
                     metrics.changes = changes.count()
-                writes["state_log"] = lambda: append_log(state, lake, STATE_LOG, "stream", app, batch_id)
-                writes["segment_log"] = lambda: append_log(scored, lake, SEGMENT_LOG, "stream", app, batch_id)
+                writes["state_log"] = lambda: append_log(
+                    state, lake, STATE_LOG, "stream", app, batch_id, may_be_replay=may_be_replay
+                )
+                writes["segment_log"] = lambda: append_log(
+                    scored, lake, SEGMENT_LOG, "stream", app, batch_id, may_be_replay=may_be_replay
+                )
                 if metrics.changes:
-                    writes["segment_changes"] = lambda: append_table(
-                        changes, lake, SEGMENT_CHANGES, txn=(f"{app}:changes", batch_id)
+                    writes["segment_changes"] = lambda: append_once(
+                        changes, lake, SEGMENT_CHANGES, batch_tag(app, "changes", batch_id), may_exist=may_be_replay
                     )
                     if not (may_be_replay or needs_sweep):
                         writes["publish"] = lambda: publish_changes(changes, settings)
-            clock_changed = metrics.customers_updated or needs_sweep or clock != memo.clock
-            if clock_changed and not needs_sweep:
-                writes["clock"] = lambda: write_clock(spark, lake, clock, wanted, app, batch_id)
             with metrics.timed("writes"):
                 run_all(writes, metrics)
             for frame in persisted:
@@ -450,7 +468,7 @@ def make_batch_handler(
     return handle
 
 
-def run_all(writes: dict[str, Callable[[], None]], metrics: BatchMetrics) -> None:
+def run_all(writes: dict[str, Callable[[], object]], metrics: BatchMetrics) -> None:
     """Run the batch's writes at once, each timed; the first failure is raised once all have ended."""
     if len(writes) <= 1:
         for name, write in writes.items():
@@ -458,7 +476,7 @@ def run_all(writes: dict[str, Callable[[], None]], metrics: BatchMetrics) -> Non
                 write()
         return
 
-    def timed(name: str, write: Callable[[], None]) -> None:
+    def timed(name: str, write: Callable[[], object]) -> None:
         with metrics.timed(name):
             write()
 
@@ -496,7 +514,7 @@ def sweep(
             changes = segment_change_rows(scored, batch_id)
             metrics.changes += changes.count()
             # Changes first: a replay after the segment rows committed would find nobody stale any more.
-            append_table(changes, lake, SEGMENT_CHANGES, txn=(f"{app}:sweep-changes", batch_id))
+            append_once(changes, lake, SEGMENT_CHANGES, batch_tag(app, "sweep-changes", batch_id), may_exist=True)
             crash_point("FLO_FAULT_IN_SWEEP", "sweep")
             append_log(scored, lake, SEGMENT_LOG, "sweep", app, batch_id)
     finally:
@@ -637,8 +655,23 @@ def state_updates(spark: SparkSession, lake: LakeSettings, settings: StreamSetti
     events = kafka_events(spark, settings)
     published = published_segments(spark, lake, segment_log_start(spark, lake, settings.checkpoint))
     inputs = event_inputs(events).unionByName(segment_inputs(published))
-    bootstrap = bootstrap_state(read_table(spark, lake, CUSTOMER_STATE), read_table(spark, lake, CUSTOMER_SEGMENTS))
-    return apply_customer_state(inputs, bootstrap)
+    return apply_customer_state(inputs, bootstrap(spark, lake, settings.checkpoint))
+
+
+def bootstrap(spark: SparkSession, lake: LakeSettings, checkpoint: str) -> DataFrame:
+    """The state store's initial state: customer_state ⋈ customer_segments at their current versions.
+
+    Spark plans it with every micro-batch although only a new checkpoint's first batch reads it, so
+    it is pinned to fixed table versions (no Delta log update per plan), and it is empty once the
+    checkpoint's first batch has committed (the state then lives in the checkpoint).
+    """
+    if LeaseFile(spark, checkpoint, "commits/0").read() is not None:
+        return spark.createDataFrame([], state_schema(spark))
+    tables = []
+    for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS):
+        version = log_version(spark, lake, name)
+        tables.append(spark.read.format("delta").option("versionAsOf", version).load(lake.table(name)))
+    return bootstrap_state(*tables)
 
 
 def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:

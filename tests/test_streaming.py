@@ -33,7 +33,7 @@ from batch.score import load_current_model, score_customers
 from batch.train import run_train
 from flo_seg.settings import LakeSettings, TrainSettings
 from flo_seg.stack import TopicSpec, ensure_topics
-from streaming.job import StreamSettings, start_stream
+from streaming.job import StreamSettings, read_clock, start_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 STATE_KEYS = [
@@ -148,10 +148,13 @@ def test_segments_are_the_current_model_applied_to_the_state(
         assert len(merged) == len(rows)
         for col in ("segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"):
             assert (merged[col] == merged[f"{col}_want"]).all(), col
-    clock = read_table(spark, clean_run, "stream_clock").first()
+    clock = read_clock(spark, clean_run)
     assert clock is not None
     latest = max(pd.Timestamp(e["order_ts"]).tz_convert("UTC") for e in sent.valid)
-    assert pd.Timestamp(clock["clock_ts"]).tz_localize("UTC") == latest
+    assert pd.Timestamp(clock).tz_localize("UTC") == latest
+    # stream_clock is written with each sweep (each event date): it holds the latest date's clock.
+    swept = read_table(spark, clean_run, "stream_clock").first()
+    assert swept is not None and swept["last_sweep_date"] == latest.date() and swept["clock_ts"] <= clock
     touched = {e["master_id"] for e in sent.valid}
     assert set(segments.loc[segments["as_of"] == latest.date(), "master_id"]) >= {
         m
@@ -283,7 +286,8 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     finally:
         query.stop()
         compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
-    clock = read_table(spark, lake, "stream_clock").first()["clock_ts"]  # type: ignore[index]
+    clock = read_clock(spark, lake)
+    assert clock is not None
     after = read_table(spark, lake, "customer_segments").toPandas().set_index("master_id")
     # Every segment is at most `aging_days` of event time old, so nobody keeps a year-old verdict.
     assert (after["as_of"] >= clock.date() - dt.timedelta(days=7)).all()
