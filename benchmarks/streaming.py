@@ -100,12 +100,10 @@ BASELINE = NAIVE_ROUNDS
 
 # Phases of one micro-batch per design, each ending at a commit (table, txnAppId suffix); see `design_batches`.
 PHASES: dict[str, tuple[tuple[str, str, str | None, str | None], ...]] = {
+    # The product's appends run at once: its step table (BatchMetrics.steps) says more than commits.
     PRODUCT: (
-        ("state", "Kafka read + parse + dedupe + state step + state_log append", STATE_LOG, "state_log:stream"),
-        ("changes", "score + diff + segment_changes append", SEGMENT_CHANGES, "changes"),
-        ("segments", "segment_log append", SEGMENT_LOG, "segment_log:stream"),
-        ("clock", "publish changes to Kafka + stream_clock write", STREAM_CLOCK, "clock"),
-        ("end", "offsets + state store commit", None, None),
+        ("logged", "Kafka read + parse + dedupe + state step + score + appends", SEGMENT_LOG, "segment_log:stream"),
+        ("end", "publish (sweep, clock) + offsets + state store commit", None, None),
     ),
     MERGE_DESIGN: (
         ("state", "Kafka read + parse + dedupe + customer_state MERGE", CUSTOMER_STATE, "state"),
@@ -478,6 +476,7 @@ def delta_commits(table_dir: Path) -> list[dict[str, Any]]:
                 commit["timestamp_ms"] = float(info.get("inCommitTimestamp") or info["timestamp"])
                 commit["operation"] = info.get("operation")
                 commit["metrics"] = info.get("operationMetrics") or {}
+                commit["user_metadata"] = info.get("userMetadata")
             elif "txn" in action:
                 commit["txn_app"] = action["txn"]["appId"]
                 commit["txn_version"] = int(action["txn"]["version"])
@@ -486,8 +485,16 @@ def delta_commits(table_dir: Path) -> list[dict[str, Any]]:
 
 
 def txn_commits(table_dir: Path, app_id: str) -> dict[int, dict[str, Any]]:
-    """The commits of one idempotent writer, by batch id."""
-    return {c["txn_version"]: c for c in delta_commits(table_dir) if c.get("txn_app") == app_id}
+    """The commits of one idempotent writer, by batch id: Delta txn (`app_id`, batch id) or the product's
+    userMetadata tag `app_id:batch id` (streaming.job.batch_tag)."""
+    commits: dict[int, dict[str, Any]] = {}
+    for c in delta_commits(table_dir):
+        tag = c.get("user_metadata") or ""
+        if c.get("txn_app") == app_id:
+            commits[c["txn_version"]] = c
+        elif tag.startswith(f"{app_id}:") and tag[len(app_id) + 1 :].isdigit():
+            commits[int(tag[len(app_id) + 1 :])] = c
+    return commits
 
 
 def design_batches(lake_dir: Path, query_id: str, batches: list[dict[str, Any]], design: str) -> None:
