@@ -11,8 +11,15 @@ from streaming.job import BatchLogger, BatchMetrics
 
 
 def _progress(batch_id: int, operators: list[SimpleNamespace]) -> SimpleNamespace:
+    # The stream's two sources: Kafka, and its own segment_log coming back (not events: not counted).
+    sources = [
+        SimpleNamespace(description="KafkaV2[Subscribe[flo.orders]]", numInputRows=1_000),
+        SimpleNamespace(description="DeltaSource[file:/lake/segment_log]", numInputRows=300),
+    ]
     return SimpleNamespace(
-        progress=SimpleNamespace(batchId=batch_id, numInputRows=1_000, batchDuration=2_000, stateOperators=operators)
+        progress=SimpleNamespace(
+            batchId=batch_id, numInputRows=1_300, batchDuration=2_000, stateOperators=operators, sources=sources
+        )
     )
 
 
