@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from streaming_support import make_events, send, train_small_lake
 
+from batch.compact import compact_lake
 from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
@@ -247,6 +248,7 @@ def test_stream_on_the_cluster_equals_local_mode(
         assert query.exception() is None
     finally:
         query.stop()
+    compact_lake(spark, local)  # what `flo-seg stream` does when it stops
 
     remote = copy_lake(trained_lake, tmp_path / "cluster" / "lake")
     args = [

@@ -16,7 +16,7 @@ D = dt.date
 
 def state(spark: SparkSession, rows: list[tuple[object, ...]]) -> DataFrame:
     now = dt.datetime(2021, 6, 1)
-    full = [(*r[:12], None, now) for r in rows]
+    full = [(*r[:12], None, now, 0) for r in rows]
     return spark.createDataFrame(full, CUSTOMER_STATE_SCHEMA)
 
 

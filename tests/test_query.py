@@ -32,14 +32,14 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeS
     y19, y20 = dt.date(2019, 6, 1), dt.date(2020, 1, 1)
     jan, feb, apr, may = (dt.date(2021, month, 1) for month in (1, 2, 4, 5))
     state = [
-        ("c1", "Android App", "Offline", y20, may, may, apr, 3, 1, 100.0, 250.5, ["KADIN", "ERKEK"], None, UPDATED),
-        ("c2", None, "Mobile", y19, feb, feb, None, 1, 0, 0.0, 80.0, [], None, UPDATED),
-        ("c3", "Offline", "Offline", jan, jan, None, jan, 0, 2, 120.0, 0.0, None, None, UPDATED),
+        ("c1", "Android App", "Offline", y20, may, may, apr, 3, 1, 100.0, 250.5, ["KADIN", "ERKEK"], None, UPDATED, 0),
+        ("c2", None, "Mobile", y19, feb, feb, None, 1, 0, 0.0, 80.0, [], None, UPDATED, 0),
+        ("c3", "Offline", "Offline", jan, jan, None, jan, 0, 2, 120.0, 0.0, None, None, UPDATED, 0),
     ]
     segments = [
-        ("c1", "champions", 0, "v1", 30, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED),
-        ("c2", "at_risk", 1, "v1", 119, 700, 1, 80.0, 2, 1, 2, "at_Risk", AS_OF, UPDATED),
-        ("c3", "champions", 0, "v1", 150, 150, 2, 120.0, 1, 2, 3, "need_attention", AS_OF, UPDATED),
+        ("c1", "champions", 0, "v1", 30, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED, 0),
+        ("c2", "at_risk", 1, "v1", 119, 700, 1, 80.0, 2, 1, 2, "at_Risk", AS_OF, UPDATED, 0),
+        ("c3", "champions", 0, "v1", 150, 150, 2, 120.0, 1, 2, 3, "need_attention", AS_OF, UPDATED, 0),
     ]
     overwrite_table(spark.createDataFrame(state, CUSTOMER_STATE_SCHEMA), lake, CUSTOMER_STATE)
     overwrite_table(spark.createDataFrame(segments, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)
