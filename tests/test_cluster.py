@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 import zipfile
@@ -93,6 +94,7 @@ def spark_cluster() -> RunningCluster:
 
 def submit(running: RunningCluster, args: list[str], cwd: Path) -> Submitted:
     """Run flo-seg on the cluster from an unrelated working directory, as a user would."""
+    wait_until_idle(running)
     command = [sys.executable, "-m", "flo_seg.cluster", "submit", "--master", running.url, "--", *args]
     result = subprocess.run(
         command, cwd=cwd, env={**os.environ, **SUBMIT_ENV}, capture_output=True, text=True, timeout=850, check=False
@@ -107,6 +109,17 @@ def submit(running: RunningCluster, args: list[str], cwd: Path) -> Submitted:
     return Submitted(output=output, app_id=match.group(1), app_name=match.group(2))
 
 
+def wait_until_idle(running: RunningCluster, timeout: float = 120) -> None:
+    """Every worker free again: an executor of the previous application may take a while to go, and the
+    master would then place the next application's executors on the other workers only."""
+    deadline = time.monotonic() + timeout
+    state = running.state()
+    while state["activeapps"] or any(w["coresused"] for w in cl.alive_workers(state)):
+        assert time.monotonic() < deadline, f"cluster still busy after {timeout:.0f} s: {state}"
+        time.sleep(1)
+        state = running.state()
+
+
 def assert_ran_on_the_cluster(running: RunningCluster, submitted: Submitted, name: str) -> None:
     """The master lists the application as finished, and every worker ran an executor of it."""
     state = running.state()
@@ -114,9 +127,21 @@ def assert_ran_on_the_cluster(running: RunningCluster, submitted: Submitted, nam
     assert submitted.app_id in apps, f"{submitted.app_id} not among {sorted(apps)}"
     assert (apps[submitted.app_id]["name"], apps[submitted.app_id]["state"]) == (name, "FINISHED")
     for worker in cl.alive_workers(state):
-        with urllib.request.urlopen(f"{worker['webuiaddress']}/json/", timeout=5) as response:
-            executors = json.load(response)["finishedexecutors"]
-        assert submitted.app_id in {e["appid"] for e in executors}, worker["webuiaddress"]
+        seen = worker_apps(worker["webuiaddress"])
+        # The master marks an application finished before each worker has reaped its executor: a worker
+        # may still list it as running for a moment, so look at both lists and give the worker a while.
+        deadline = time.monotonic() + 30
+        while submitted.app_id not in seen and time.monotonic() < deadline:
+            time.sleep(1)
+            seen = worker_apps(worker["webuiaddress"])
+        assert submitted.app_id in seen, f"{worker['webuiaddress']} ran executors of {sorted(seen)} only"
+
+
+def worker_apps(webui: str) -> set[str]:
+    """The applications a worker runs or ran an executor of."""
+    with urllib.request.urlopen(f"{webui}/json/", timeout=5) as response:
+        worker = json.load(response)
+    return {e["appid"] for e in worker.get("executors", []) + worker.get("finishedexecutors", [])}
 
 
 def copy_lake(source: Path, dest: Path) -> LakeSettings:
