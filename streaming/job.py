@@ -658,20 +658,32 @@ def state_updates(spark: SparkSession, lake: LakeSettings, settings: StreamSetti
     return apply_customer_state(inputs, bootstrap(spark, lake, settings.checkpoint))
 
 
-def bootstrap(spark: SparkSession, lake: LakeSettings, checkpoint: str) -> DataFrame:
-    """The state store's initial state: customer_state ⋈ customer_segments at their current versions.
+# Beside the query's own files in the checkpoint: the bootstrap snapshot, until the first batch committed.
+BOOTSTRAP_SNAPSHOT = "flo-seg-bootstrap"
 
-    Spark plans it with every micro-batch although only a new checkpoint's first batch reads it, so
-    it is pinned to fixed table versions (no Delta log update per plan), and it is empty once the
-    checkpoint's first batch has committed (the state then lives in the checkpoint).
+
+def bootstrap(spark: SparkSession, lake: LakeSettings, checkpoint: str) -> DataFrame:
+    """The state store's initial state: customer_state ⋈ customer_segments, as of the checkpoint's first start.
+
+    Spark plans it with every micro-batch although only a new checkpoint's first batch reads it.
+    Planned from the Delta tables (pinned versions) it cost 0.3-0.4 s of every batch at 1M customers,
+    so the join is written once as Parquet beside the checkpoint, which plans in a few ms; a restart
+    before the first commit reads the same snapshot. Once the first batch has committed the state
+    lives in the checkpoint: the bootstrap is empty and the snapshot is removed.
     """
+    snapshot = LeaseFile(spark, checkpoint, BOOTSTRAP_SNAPSHOT)
     if LeaseFile(spark, checkpoint, "commits/0").read() is not None:
+        snapshot.delete(recursive=True)
         return spark.createDataFrame([], state_schema(spark))
-    tables = []
-    for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS):
-        version = log_version(spark, lake, name)
-        tables.append(spark.read.format("delta").option("versionAsOf", version).load(lake.table(name)))
-    return bootstrap_state(*tables)
+    if LeaseFile(spark, checkpoint, f"{BOOTSTRAP_SNAPSHOT}/_SUCCESS").read() is None:
+        started = time.monotonic()
+        tables = []
+        for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS):
+            version = log_version(spark, lake, name)
+            tables.append(spark.read.format("delta").option("versionAsOf", version).load(lake.table(name)))
+        bootstrap_state(*tables).write.mode("overwrite").parquet(snapshot.uri)
+        log.info("bootstrap snapshot of the customer tables written in %.1fs", time.monotonic() - started)
+    return spark.read.schema(state_schema(spark)).parquet(snapshot.uri)
 
 
 def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:

@@ -324,9 +324,9 @@ class LeaseFile:
         """Replace the lease's content (the heartbeat); readers may briefly see it partly written."""
         self._write(self._fs.create(self._path, True), data)
 
-    def delete(self) -> None:
-        """Remove the lease file."""
-        self._fs.delete(self._path, False)
+    def delete(self, *, recursive: bool = False) -> None:
+        """Remove the lease file (or, `recursive`, the folder of that name)."""
+        self._fs.delete(self._path, recursive)
 
     def _write(self, stream: Any, data: bytes) -> None:
         try:
