@@ -425,6 +425,12 @@ def make_batch_handler(
                 metrics.rescored = metrics.customers_updated
                 with metrics.timed("score"):
                     metrics.changes = changes.count()
+                if metrics.changes and not (may_be_replay or needs_sweep):
+                    # On Kafka first: that is where a change is awaited, and the Delta appends below take
+                    # longer. Should they fail, the replay publishes the same change_ids again.
+                    with metrics.timed("publish"):
+                        publish_changes(changes, settings)
+                    crash_point("FLO_FAULT_AFTER_PUBLISH", "publish")
                 writes["state_log"] = lambda: append_log(
                     state, lake, STATE_LOG, "stream", app, batch_id, may_be_replay=may_be_replay
                 )
@@ -435,8 +441,6 @@ def make_batch_handler(
                     writes["segment_changes"] = lambda: append_once(
                         changes, lake, SEGMENT_CHANGES, batch_tag(app, "changes", batch_id), may_exist=may_be_replay
                     )
-                    if not (may_be_replay or needs_sweep):
-                        writes["publish"] = lambda: publish_changes(changes, settings)
             with metrics.timed("writes"):
                 run_all(writes, metrics)
             for frame in persisted:

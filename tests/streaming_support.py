@@ -83,14 +83,17 @@ class EventSet:
     duplicates: int = 0
 
 
-def make_events(master_ids: list[str], start: dt.datetime, n: int, seed: int) -> EventSet:
-    """Valid orders for known and new customers, with re-sends, late orders and every malformed kind."""
+def make_events(
+    master_ids: list[str], start: dt.datetime, n: int, seed: int, minutes: tuple[int, int] = (30, 600)
+) -> EventSet:
+    """Valid orders for known and new customers, with re-sends, late orders and every malformed kind;
+    event time advances by a random number of `minutes` from one order to the next."""
     rng = random.Random(seed)
     out = EventSet()
     new_ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(5)]
     clock = start
     for i in range(n):
-        clock += dt.timedelta(minutes=rng.randint(30, 600))
+        clock += dt.timedelta(minutes=rng.randint(*minutes))
         customer = rng.choice(new_ids) if rng.random() < 0.1 else rng.choice(master_ids)
         order_ts = clock - dt.timedelta(days=rng.randint(5, 40)) if rng.random() < 0.1 else clock
         event = {

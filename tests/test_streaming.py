@@ -258,6 +258,55 @@ def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
         assert table_rows(spark, lake, name, drop) == table_rows(spark, clean_run, name, drop), name
 
 
+def test_a_batch_puts_its_changes_on_kafka_before_its_delta_appends(
+    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    checkpoint = tmp_path / "checkpoint"
+    own = fresh_topics(kafka_bootstrap)
+    # All on one event date, so only the first batch sweeps; the later ones publish before they append.
+    state = read_table(spark, lake, "customer_state")
+    ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
+    day = state.agg(F.max("last_order_date")).first()[0] + dt.timedelta(days=1)  # type: ignore[index]
+    send(
+        kafka_bootstrap,
+        own[0],
+        make_events(
+            ids, dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc), 300, seed=21, minutes=(0, 2)
+        ).messages,
+    )
+    # Killed right after a micro-batch published its changes, before any of its Delta appends.
+    proc = run_stream_process(lake, checkpoint, own, kafka_bootstrap, env={"FLO_FAULT_AFTER_PUBLISH": "publish"})
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
+    on_kafka = published_changes(kafka_bootstrap, own[1])
+    crashed = max(on_kafka)
+    assert crashed > 0 and on_kafka[crashed]
+    assert read_table(spark, lake, "segment_changes").where(F.col("batch_id") == crashed).count() == 0
+
+    # The restart replays the batch: the same change_ids land in Delta, once, and again on Kafka.
+    proc = run_stream_process(lake, checkpoint, own, kafka_bootstrap)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    changes = read_table(spark, lake, "segment_changes").toPandas()
+    assert not changes["change_id"].duplicated().any()
+    assert set(changes.loc[changes["batch_id"] == crashed, "change_id"]) == on_kafka[crashed]
+    assert set(changes["change_id"]) == set().union(*published_changes(kafka_bootstrap, own[1]).values())
+
+
+def published_changes(kafka_bootstrap: str, topic: str) -> dict[int, set[str]]:
+    """change_ids on a changes topic, by batch."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000, group_id=None
+    )
+    found: dict[int, set[str]] = {}
+    for message in consumer:
+        change = json.loads(message.value)
+        found.setdefault(int(change["batch_id"]), set()).add(change["change_id"])
+    consumer.close()
+    return found
+
+
 def wait_for(predicate, timeout: float = 180.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
