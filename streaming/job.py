@@ -304,6 +304,20 @@ def stale_customers(segments: DataFrame, model_version: str, as_of: dt.date, agi
     ).select("master_id", F.col("segment").alias("previous_segment"))
 
 
+def anyone_stale(spark: SparkSession, lake: LakeSettings, model_version: str, as_of: dt.date, aging_days: int) -> bool:
+    """Whether a sweep could find a stale customer, without compacting first.
+
+    Checked row by row in customer_segments and in the segment_log rows no compaction has merged yet:
+    a customer stale after a compaction has its newest row in one of the two, so False means nobody.
+    """
+    columns = ("master_id", "segment", "model_version", "as_of")
+    frames = [read_table(spark, lake, CUSTOMER_SEGMENTS).select(*columns)]
+    after, latest = compacted_version(spark, lake, SEGMENTS.log), log_version(spark, lake, SEGMENT_LOG)
+    if latest > after:
+        frames.append(log_rows(spark, lake, SEGMENT_LOG, after, latest).select(*columns))
+    return any(stale_customers(frame, model_version, as_of, aging_days).limit(1).count() for frame in frames)
+
+
 class BatchFailed(RuntimeError):
     """A micro-batch could not be written; the message names the Kafka offsets it covered."""
 
@@ -502,10 +516,16 @@ def sweep(
 ) -> None:
     """Aging and model reload: re-score every customer whose segment is stale at `as_of` with `model`.
 
-    Runs once per event date and model version; it compacts first (so the tables hold every batch,
-    this one's too), and costs a scan of customer_segments plus scoring the stale customers.
+    Runs once per event date and model version. When someone may be stale it compacts first (so the
+    tables hold every batch, this one's too), then costs a scan of customer_segments plus scoring the
+    stale customers; otherwise only the check.
     """
     started = time.monotonic()
+    if not anyone_stale(spark, lake, model.record.version, as_of, settings.aging_days):
+        log.info(
+            "sweep at %s with model %s: nobody stale (%.1fs)", as_of, model.record.version, time.monotonic() - started
+        )
+        return
     compact_lake(spark, lake)
     stale = stale_customers(
         read_table(spark, lake, CUSTOMER_SEGMENTS), model.record.version, as_of, settings.aging_days
