@@ -178,10 +178,15 @@ def reset_logs(spark: SparkSession, lake: LakeSettings) -> None:
             _record(spark, lake, compaction, Compacted(log=compaction.log, from_version=version, to_version=version))
 
 
-def compact_lake(spark: SparkSession, lake: LakeSettings) -> list[Compacted]:
-    """Bring customer_state and customer_segments current with everything their logs hold now."""
+def compact_lake(spark: SparkSession, lake: LakeSettings, *, prepared: bool = False) -> list[Compacted]:
+    """Bring customer_state and customer_segments current with everything their logs hold now.
+
+    `prepared`: the caller has run `prepare_logs` on this lake already (the running stream), so the
+    tables' schemas and properties are not read again.
+    """
     with _LOCK:
-        prepare_logs(spark, lake)
+        if not prepared:
+            prepare_logs(spark, lake)
         done = [compact_log(spark, lake, c) for c in COMPACTIONS_IN_ORDER]
     for d in done:
         if d.rows_read:
@@ -224,6 +229,7 @@ class Compactor:
         self.lake, self.interval_s = lake, interval_s
         self.stopping = threading.Event()
         self.failures = 0
+        self.prepared = False  # the first round prepares the lake, the later ones need not
         self.thread = threading.Thread(target=self._run, name="flo-seg-compactor", daemon=True)
 
     def start(self) -> Compactor:
@@ -235,7 +241,8 @@ class Compactor:
         self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.POOL)
         while not self.stopping.wait(self.interval_s):
             try:
-                compact_lake(self.spark, self.lake)
+                compact_lake(self.spark, self.lake, prepared=self.prepared)
+                self.prepared = True
             except Exception as exc:  # the next round retries; the stream itself is not affected
                 self.failures += 1
                 log.warning("compaction failed (will retry in %.0fs): %s", self.interval_s, exc)
@@ -245,4 +252,4 @@ class Compactor:
         self.stopping.set()
         self.thread.join()
         if final:
-            compact_lake(self.spark, self.lake)
+            compact_lake(self.spark, self.lake, prepared=self.prepared)

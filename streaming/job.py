@@ -526,7 +526,7 @@ def sweep(
             "sweep at %s with model %s: nobody stale (%.1fs)", as_of, model.record.version, time.monotonic() - started
         )
         return
-    compact_lake(spark, lake)
+    compact_lake(spark, lake, prepared=True)  # the stream prepared the lake when it started
     stale = stale_customers(
         read_table(spark, lake, CUSTOMER_SEGMENTS), model.record.version, as_of, settings.aging_days
     )
