@@ -1364,6 +1364,8 @@ def session(settings: BenchSettings) -> SparkSession:
             "spark.sql.streaming.numRecentProgressUpdates": "100000",
             # Only the benchmark's own toPandas calls (profiles, record timestamps) use Arrow.
             "spark.sql.execution.arrow.pyspark.enabled": "true",
+            # The producer's profiles of 10M customers come to the driver at once (1.2 GiB).
+            "spark.driver.maxResultSize": "4g",
             # As `flo-seg stream`: the background compaction runs in its own pool.
             "spark.scheduler.mode": "FAIR",
         },
