@@ -103,6 +103,20 @@ def append_once(df: DataFrame, lake: LakeSettings, name: str, tag: str, *, may_e
     return True
 
 
+def latest_commit(spark: SparkSession, lake: LakeSettings, name: str) -> int:
+    """A table's newest commit version from a listing of its `_delta_log` (no Spark job); -1 if none."""
+    sc = spark.sparkContext
+    jvm, jsc = sc._jvm, sc._jsc
+    if jvm is None or jsc is None:
+        raise RuntimeError("listing a Delta log needs a classic (JVM) SparkSession")
+    path = jvm.org.apache.hadoop.fs.Path(f"{lake.table(name)}/_delta_log")
+    fs = path.getFileSystem(jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return -1
+    names = (status.getPath().getName() for status in fs.listStatus(path))
+    return max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=-1)
+
+
 def table_properties(spark: SparkSession, lake: LakeSettings, name: str) -> dict[str, str]:
     """The table properties of an existing table."""
     row = DeltaTable.forPath(spark, lake.table(name)).detail().select("properties").first()

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
-from batch.lake import append_once, ensure_table, read_table, table_exists, with_conflict_retry
+from batch.lake import append_once, ensure_table, latest_commit, read_table, table_exists, with_conflict_retry
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
 from flo_seg.faults import crash_point
@@ -208,19 +208,24 @@ def publish_changes(changes: DataFrame, settings: StreamSettings) -> None:
 class ModelCache:
     """The current model, reloaded only when `flo-seg train` publishes a new version (hot reload).
 
-    The registry is read at most every `check_seconds`, not on every micro-batch.
+    At most every `check_seconds` it lists the models table's Delta log (no Spark job: a micro-batch
+    does not wait for a core for it) and reads the registry only when a commit was added.
     """
 
     def __init__(self, check_seconds: float = 5.0) -> None:
         self.model: ScoringModel | None = None
         self.check_seconds = check_seconds
         self.checked = 0.0
+        self.commit = -1
 
     def current(self, spark: SparkSession, lake: LakeSettings) -> ScoringModel:
         """Reload when the registry's current version differs from the cached one."""
         if self.model is not None and time.monotonic() - self.checked < self.check_seconds:
             return self.model
         self.checked = time.monotonic()
+        commit = latest_commit(spark, lake, "models")
+        if self.model is not None and commit == self.commit:
+            return self.model
         latest = read_table(spark, lake, "models").where("is_current").orderBy(F.col("trained_at").desc()).first()
         if latest is None:
             raise LookupError("no current model; run `flo-seg train` first")
@@ -228,6 +233,7 @@ class ModelCache:
             previous = None if self.model is None else self.model.record.version
             self.model = load_current_model(spark, lake)
             log.info("model %s loaded (was %s)", self.model.record.version, previous)
+        self.commit = commit
         return self.model
 
 

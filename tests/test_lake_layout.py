@@ -9,7 +9,7 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from batch.lake import ensure_table, overwrite_table, read_table, table_properties
+from batch.lake import append_table, ensure_table, latest_commit, overwrite_table, read_table, table_properties
 from batch.maintain import run_maintenance
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
@@ -128,3 +128,14 @@ def test_maintain_cli_optimizes_and_vacuums(
     assert "files      4 -> 1" in lines[0]
     history = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history().select("operation").collect()
     assert {"OPTIMIZE", "VACUUM START", "VACUUM END"} <= {r[0] for r in history}
+
+
+def test_the_latest_commit_is_read_from_the_log_listing(spark: SparkSession, tmp_path: Path) -> None:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    assert latest_commit(spark, lake, CUSTOMER_STATE) == -1  # no table yet
+    overwrite_table(state_rows(spark, 2), lake, CUSTOMER_STATE)
+    append_table(state_rows(spark, 1), lake, CUSTOMER_STATE)
+    run_maintenance(spark, lake, tables=(CUSTOMER_STATE,))  # OPTIMIZE and VACUUM commits too
+    newest = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history(1).first()
+    assert newest is not None and newest["version"] >= 2
+    assert latest_commit(spark, lake, CUSTOMER_STATE) == newest["version"]
