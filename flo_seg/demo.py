@@ -36,6 +36,12 @@ class DemoSettings:
     rate: float
     bootstrap: str
     seed: int = 42
+    event_seconds: float | None = None  # event time between orders; None: 1/rate, event time runs live
+
+    @property
+    def event_gap(self) -> float:
+        """Seconds of event time from one order to the next."""
+        return self.event_seconds if self.event_seconds is not None else 1.0 / self.rate
 
     @property
     def lake(self) -> Path:
@@ -106,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=50_000, help="generated customers (default 50000)")
     parser.add_argument("--produce-seconds", type=float, default=60.0, help="how long to produce (default 60)")
     parser.add_argument("--rate", type=float, default=500.0, help="events per second (default 500)")
+    parser.add_argument(
+        "--event-seconds",
+        type=float,
+        default=None,
+        help="event time from one order to the next (default 1/rate: live orders, event time runs with the "
+        "clock; e.g. 120 replays a month a minute, and every new event day is an aging sweep)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = DemoSettings(
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_seconds=args.produce_seconds,
         rate=args.rate,
         bootstrap=os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        event_seconds=args.event_seconds,
     )
     started = time.monotonic()
     if not settings.history.exists():
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--late-share",
                 "0.05",
                 "--event-seconds",
-                "120",
+                str(settings.event_gap),
                 "--bootstrap-servers",
                 settings.bootstrap,
             ),
