@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from test_compact import segment_row, state_row
 
 from batch.compact import compact_lake, prepare_logs
-from batch.lake import append_table, overwrite_table
+from batch.lake import append_table, overwrite_table, table_properties
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
@@ -19,6 +19,7 @@ from schemas.tables import (
     CUSTOMER_STATE,
     CUSTOMER_STATE_SCHEMA,
     SEGMENT_LOG,
+    STATE_LOG,
 )
 from streaming.job import BOOTSTRAP_SNAPSHOT, anyone_stale, bootstrap
 
@@ -72,3 +73,12 @@ def test_a_sweep_knows_without_compacting_whether_anyone_can_be_stale(spark: Spa
     assert anyone_stale(spark, lake, "v1", dt.date(2021, 6, 5), aging_days=7)
     compact_lake(spark, lake)
     assert anyone_stale(spark, lake, "v1", dt.date(2021, 6, 5), aging_days=7)
+
+
+def test_the_logs_are_checkpointed_every_hundred_commits(spark: SparkSession, tmp_path: Path) -> None:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    prepare_logs(spark, lake)
+    for name in (STATE_LOG, SEGMENT_LOG):
+        properties = table_properties(spark, lake, name)
+        assert properties["delta.checkpointInterval"] == "100", name
+        assert properties["delta.enableChangeDataFeed"] == "true", name
