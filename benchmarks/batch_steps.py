@@ -9,7 +9,8 @@ time, its query planning and the handler's steps. Variants (the candidates in do
 - `delta-bootstrap`: the state store's initial state planned from the pinned Delta tables, as before
   the Parquet snapshot;
 - `no-stats`: Delta appends without file statistics (`spark.databricks.delta.stats.collect=false`);
-- `checkpoint-10`: the logs checkpointed every 10 commits (Delta's default), as before.
+- `checkpoint-10`: the logs checkpointed every 10 commits (Delta's default), as before;
+- `checkpoint-100`: all three logs, `segment_changes` too, checkpointed every 100 commits.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from streaming.job import StreamSettings, prepare_tables, start_stream
 from streaming.produce import ProduceSettings
 from streaming.run import stop_between_batches
 
-VARIANTS = ("product", "delta-bootstrap", "no-stats", "checkpoint-10")
+VARIANTS = ("product", "delta-bootstrap", "no-stats", "checkpoint-10", "checkpoint-100")
 STEPS = ("state step", "score", "publish", "writes", "model check")
 
 
@@ -72,10 +73,13 @@ def run_variant(spark: SparkSession, args: argparse.Namespace, variant: str) -> 
     spark.conf.set("spark.databricks.delta.stats.collect", "false" if variant == "no-stats" else "true")
     if variant == "delta-bootstrap":
         job.bootstrap = pinned_delta_bootstrap
-    if variant == "checkpoint-10":
+    if variant in ("checkpoint-10", "checkpoint-100"):
+        interval = variant.removeprefix("checkpoint-")
         prepare_tables(spark, lake)
         for name in (STATE_LOG, SEGMENT_LOG, SEGMENT_CHANGES):
-            spark.sql(f"ALTER TABLE delta.`{lake.table(name)}` SET TBLPROPERTIES ('delta.checkpointInterval' = '10')")
+            spark.sql(
+                f"ALTER TABLE delta.`{lake.table(name)}` SET TBLPROPERTIES ('delta.checkpointInterval' = '{interval}')"
+            )
     recorder = MetricsRecorder()
     try:
         query = start_stream(spark, lake, settings, recorder)

@@ -92,7 +92,16 @@ SEGMENT_PROFILES_SCHEMA = _schema(
     ("profiled_at", _ts, False),
 )
 
-K_SELECTION_TYPE = T.ArrayType(_schema(("k", _int, False), ("silhouette", _dbl, True), ("cost", _dbl, True)))
+K_SELECTION_TYPE = T.ArrayType(
+    _schema(
+        ("k", _int, False),
+        ("silhouette", _dbl, True),
+        ("cost", _dbl, True),
+        ("calinski_harabasz", _dbl, True),
+        ("min_share", _dbl, True),
+        ("refused", _str, True),
+    )
+)
 
 MODELS_SCHEMA = _schema(
     ("model_version", _str, False),
@@ -193,16 +202,18 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
 # then marks the replaced rows in a small vector file and writes only the changed rows, instead of
 # rewriting every data file that holds one of the changed customers (docs/benchmarks.md, MERGE scaling).
 _MERGE_TARGET = {"delta.enableDeletionVectors": "true"}
-# The logs are read by version range through the change data feed (appends only: no extra files). The
-# stream appends to each once per micro-batch: a Delta checkpoint every 100 commits instead of every 10
-# (writing one held up a batch's appends by 1.5-3.5 s; docs/benchmarks.md), and only their readers'
-# snapshots (the stream's segment_log source, the compaction) replay more commit files.
-_LOG = {"delta.enableChangeDataFeed": "true", "delta.checkpointInterval": "100"}
+# The stream appends to the logs and to segment_changes once per micro-batch: a Delta checkpoint every
+# 100 commits instead of every 10 (at 10, every tenth batch wrote three checkpoints, and its appends took
+# 2.5-2.8 s instead of 0.8; docs/benchmarks.md), so a reader's snapshot replays up to 100 commit files.
+_PER_BATCH = {"delta.checkpointInterval": "100"}
+# The logs are read by version range through the change data feed (appends only: no extra files).
+_LOG = {**_PER_BATCH, "delta.enableChangeDataFeed": "true"}
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     CUSTOMER_STATE: _MERGE_TARGET,
     CUSTOMER_SEGMENTS: _MERGE_TARGET,
     STATE_LOG: _LOG,
     SEGMENT_LOG: _LOG,
+    SEGMENT_CHANGES: _PER_BATCH,
 }
 
 

@@ -11,13 +11,14 @@ from pyspark.sql import functions as F
 from test_compact import segment_row, state_row
 
 from batch.compact import compact_lake, prepare_logs
-from batch.lake import append_table, overwrite_table, table_properties
+from batch.lake import append_table, ensure_table, overwrite_table, table_properties
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
     CUSTOMER_SEGMENTS_SCHEMA,
     CUSTOMER_STATE,
     CUSTOMER_STATE_SCHEMA,
+    SEGMENT_CHANGES,
     SEGMENT_LOG,
     STATE_LOG,
 )
@@ -75,10 +76,16 @@ def test_a_sweep_knows_without_compacting_whether_anyone_can_be_stale(spark: Spa
     assert anyone_stale(spark, lake, "v1", dt.date(2021, 6, 5), aging_days=7)
 
 
-def test_the_logs_are_checkpointed_every_hundred_commits(spark: SparkSession, tmp_path: Path) -> None:
+def test_the_tables_appended_per_batch_are_checkpointed_every_hundred_commits(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = LakeSettings(root=str(tmp_path / "lake"))
     prepare_logs(spark, lake)
+    ensure_table(spark, lake, SEGMENT_CHANGES)
     for name in (STATE_LOG, SEGMENT_LOG):
         properties = table_properties(spark, lake, name)
         assert properties["delta.checkpointInterval"] == "100", name
         assert properties["delta.enableChangeDataFeed"] == "true", name
+    changes = table_properties(spark, lake, SEGMENT_CHANGES)
+    assert changes["delta.checkpointInterval"] == "100"
+    assert "delta.enableChangeDataFeed" not in changes
