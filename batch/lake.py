@@ -6,6 +6,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 from delta.tables import DeltaTable
@@ -154,3 +156,26 @@ def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
             lambda: spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})"),
             what=f"set properties of {name}",
         )
+
+
+def write_concurrently(
+    writes: dict[str, Callable[[], object]], timed: Callable[[str], AbstractContextManager[object]]
+) -> None:
+    """Run independent writes at once, each inside `timed(name)`; the first failure is raised once all end.
+
+    A Delta write of a small table is mostly driver-side latency (snapshot, commit, checkpoint), so
+    writes to different tables overlap well even on two cores.
+    """
+
+    def run(name: str, write: Callable[[], object]) -> None:
+        with timed(name):
+            write()
+
+    if len(writes) <= 1:
+        for name, write in writes.items():
+            run(name, write)
+        return
+    with ThreadPoolExecutor(max_workers=len(writes), thread_name_prefix="flo-seg-write") as pool:
+        futures = [pool.submit(run, name, write) for name, write in writes.items()]
+    for future in futures:
+        future.result()

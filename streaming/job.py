@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
-from batch.lake import append_once, ensure_table, latest_commit, read_table, table_exists, with_conflict_retry
+from batch.lake import (
+    append_once,
+    ensure_table,
+    latest_commit,
+    read_table,
+    table_exists,
+    with_conflict_retry,
+    write_concurrently,
+)
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
 from flo_seg.faults import crash_point
@@ -494,20 +501,7 @@ def make_batch_handler(
 
 def run_all(writes: dict[str, Callable[[], object]], metrics: BatchMetrics) -> None:
     """Run the batch's writes at once, each timed; the first failure is raised once all have ended."""
-    if len(writes) <= 1:
-        for name, write in writes.items():
-            with metrics.timed(name):
-                write()
-        return
-
-    def timed(name: str, write: Callable[[], object]) -> None:
-        with metrics.timed(name):
-            write()
-
-    with ThreadPoolExecutor(max_workers=len(writes), thread_name_prefix="flo-seg-write") as pool:
-        futures = [pool.submit(timed, name, write) for name, write in writes.items()]
-    for future in futures:
-        future.result()
+    write_concurrently(writes, metrics.timed)
 
 
 def sweep(
