@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pyspark.ml import PipelineModel
 from pyspark.sql import Row, SparkSession
@@ -14,6 +14,8 @@ from batch.model import KCandidate
 from batch.rfm import RfmEdges
 from flo_seg.settings import LakeSettings
 from schemas.tables import MODELS, MODELS_SCHEMA
+
+_CANDIDATE_FIELDS = tuple(f.name for f in fields(KCandidate))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +45,17 @@ class ModelRecord:
             algorithm=self.algorithm,
             k=self.k,
             silhouette=self.silhouette,
-            k_selection=[Row(k=c.k, silhouette=c.silhouette, cost=c.cost) for c in self.k_selection],
+            k_selection=[
+                Row(
+                    k=c.k,
+                    silhouette=c.silhouette,
+                    cost=c.cost,
+                    calinski_harabasz=c.calinski_harabasz,
+                    min_share=c.min_share,
+                    refused=c.refused,
+                )
+                for c in self.k_selection
+            ],
             features=list(self.features),
             caps=self.caps,
             r_edges=list(self.edges.recency),
@@ -66,8 +78,9 @@ class ModelRecord:
             algorithm=row["algorithm"],
             k=row["k"],
             silhouette=row["silhouette"],
+            # Versions trained before the share rule lack its fields.
             k_selection=tuple(
-                KCandidate(k=c["k"], silhouette=c["silhouette"], cost=c["cost"]) for c in row["k_selection"] or []
+                KCandidate(**{f: c.asDict().get(f) for f in _CANDIDATE_FIELDS}) for c in row["k_selection"] or []
             ),
             features=tuple(row["features"]),
             caps=dict(row["caps"]),
@@ -97,7 +110,7 @@ def publish_model(spark: SparkSession, lake: LakeSettings, record: ModelRecord) 
     rows = [record.to_row(is_current=True)]
     if table_exists(spark, lake, MODELS):
         rows += [
-            Row(**{**r.asDict(recursive=False), "is_current": False})
+            ModelRecord.from_row(r).to_row(is_current=False)
             for r in read_table(spark, lake, MODELS).where(F.col("model_version") != record.version).collect()
         ]
     overwrite_table(spark.createDataFrame(rows, MODELS_SCHEMA), lake, MODELS)

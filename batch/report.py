@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,32 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batch.explore import (
+    COLUMNS,
+    CORRELATIONS,
+    DATE_COLUMNS,
+    DISTRIBUTION_COLUMNS,
+    DISTRIBUTIONS,
+    MIX,
+    OUTLIERS,
+    QUANTILE_NAMES,
+    as_date,
+)
 from batch.features import with_customer_features
-from batch.lake import read_table
-from batch.model import PREDICTION, SCALED, score_clusters
+from batch.lake import read_table, table_exists
+from batch.model import PREDICTION, SCALED, SILHOUETTE_TOLERANCE, score_clusters
 from batch.registry import ModelRecord
 from batch.rfm import RFM_SEGMENTS
 from batch.score import ScoringModel, load_current_model
 from batch.segments import CAMPAIGNS
-from batch.train import sample_for_selection
+from batch.train import sample_customers
 from flo_seg.settings import LakeSettings
 from schemas.history import CHANNELS
 from schemas.tables import (
     CAMPAIGN_TARGETS,
     CUSTOMER_SEGMENTS,
     CUSTOMER_STATE,
+    DATA_PROFILE,
     MODELS,
     QUARANTINE,
     SEGMENT_PROFILES,
@@ -116,6 +128,7 @@ class ReportData:
     campaigns: pd.DataFrame  # campaign, customers
     sample_features: np.ndarray  # scaled feature vectors of the projection sample, one row per customer
     sample_segments: tuple[str, ...]
+    data_profile: pd.DataFrame = field(default_factory=pd.DataFrame)  # section, item, statistic, value
 
 
 @dataclass(frozen=True)
@@ -479,6 +492,119 @@ def summary_section(data: ReportData) -> Section:
     return Section(title="Data summary", blocks=(Table(pd.DataFrame(facts, columns=["Item", "Value"])),))
 
 
+def _stats(profile: pd.DataFrame, section: str) -> dict[str, dict[str, float]]:
+    """One section of `data_profile` as item → statistic → value, items in stored order."""
+    out: dict[str, dict[str, float]] = {}
+    for row in profile[profile["section"] == section].itertuples(index=False):
+        out.setdefault(str(row.item), {})[str(row.statistic)] = float(row.value)  # type: ignore[arg-type]
+    return out
+
+
+def _amount(value: float) -> str:
+    return f"{value:,.2f}" if abs(value - round(value)) > 1e-9 else f"{round(value):,}"
+
+
+def channel_spend_figure(distributions: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Orders and spend per customer, online against offline, from the stored quantiles (log scale)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    panels = (
+        ("orders per customer", "order_num_total_ever_online", "order_num_total_ever_offline"),
+        ("spend per customer (TRY)", "customer_value_total_ever_online", "customer_value_total_ever_offline"),
+    )
+    for ax, (title, online, offline) in zip(axes, panels, strict=True):
+        # A log axis cannot show 0 (a customer with no orders in a channel): such quantiles sit at 0.5.
+        stats = [
+            {
+                "label": label,
+                **{key: max(distributions[column][q], 0.5) for key, q in _BOX_KEYS.items()},
+                "fliers": [],
+            }
+            for label, column in (("online", online), ("offline", offline))
+        ]
+        ax.bxp(stats, showfliers=False, orientation="horizontal")
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+_BOX_KEYS = {"whislo": "q05", "q1": "q25", "med": "q50", "q3": "q75", "whishi": "q95"}
+
+
+def exploration_section(profile: pd.DataFrame) -> Section:
+    """The brief's first look at the history: gaps, distributions, mixes, correlations, outliers."""
+    title = "Exploratory analysis of the history"
+    if profile.empty:
+        note = "not recorded: this model version was trained before `train` profiled its data."
+        return Section(title=title, blocks=(note,))
+    blocks: list[Block] = [
+        "Computed by `train` from the same pass over its input (table `data_profile`); the quantiles are "
+        "approximate (relative error 0.1%), the correlations come from the training sample."
+    ]
+    columns = _stats(profile, COLUMNS)
+    rows_seen = columns.pop("rows", {})
+    if columns:
+        blocks.append(
+            f"{int(rows_seen.get('read', 0)):,} rows read, {int(rows_seen.get('kept', 0)):,} customers kept. "
+            "Missing and invalid values per column:"
+        )
+        checks = [(name, int(v["missing"]), int(v["invalid"])) for name, v in columns.items()]
+        blocks.append(Table(pd.DataFrame(checks, columns=["column", "missing", "invalid"])))
+    distributions = _stats(profile, DISTRIBUTIONS)
+    shown = [
+        [item, *[as_date(v[q]).isoformat() if item in DATE_COLUMNS else _amount(v[q]) for q in QUANTILE_NAMES]]
+        for item, v in distributions.items()
+    ]
+    blocks.append("Distributions of the raw columns (kept customers):")
+    blocks.append(Table(pd.DataFrame(shown, columns=["column", *QUANTILE_NAMES])))
+    if all(c in distributions for c in DISTRIBUTION_COLUMNS):
+        blocks.append(
+            Plot(
+                "channel_spend",
+                "Orders and spend per customer online and offline: box 25–75 %, whiskers 5–95 %, log scale.",
+                figure_png(channel_spend_figure(distributions)),
+            )
+        )
+    mix = _stats(profile, MIX)
+    if mix:
+        total = sum(v["customers"] for item, v in mix.items() if item.startswith("last_order_channel=")) or 1.0
+        rows = [(*item.split("=", 1), int(v["customers"]), percent(v["customers"] / total)) for item, v in mix.items()]
+        blocks.append("Channel and category mix (a customer counts once per category of interest):")
+        blocks.append(Table(pd.DataFrame(rows, columns=["of", "value", "customers", "share"])))
+    pairs = {tuple(item.split("~", 1)): v["pearson"] for item, v in _stats(profile, CORRELATIONS).items()}
+    if pairs:
+        names = list(dict.fromkeys(name for pair in pairs for name in pair))
+        matrix = [
+            [a, *[f"{1.0 if a == b else pairs.get((a, b), pairs.get((b, a), math.nan)):+.2f}" for b in names]]
+            for a in names
+        ]
+        blocks.append("Pearson correlations of the features (training sample):")
+        blocks.append(Table(pd.DataFrame(matrix, columns=["feature", *names])))
+    outliers = _stats(profile, OUTLIERS)
+    if outliers:
+        kept = rows_seen.get("kept")
+        rows_out = [
+            (
+                item,
+                _amount(v["cap"]),
+                int(v["customers_above_cap"]),
+                percent(v["customers_above_cap"] / kept) if kept else "",
+                _amount(v["mean_excess"]),
+                _amount(v["max"]),
+            )
+            for item, v in outliers.items()
+        ]
+        blocks.append(
+            "Outliers: each heavy-tailed feature is capped at its 99th percentile before clustering; the customers "
+            "above the cap and by how much (the tables keep the raw values):"
+        )
+        blocks.append(
+            Table(pd.DataFrame(rows_out, columns=["feature", "cap", "customers above", "share", "mean excess", "max"]))
+        )
+    return Section(title=title, blocks=tuple(blocks))
+
+
 def quarantine_section(quarantine: pd.DataFrame) -> Section:
     """Rows that never reached the model, so readers know what the segments leave out."""
     if quarantine.empty:
@@ -494,21 +620,44 @@ def k_selection_section(record: ModelRecord) -> Section:
     if not record.k_selection:
         note = f"k was fixed at {record.k} when training (--k), so no k-selection curve was computed."
         return Section(title="k selection", blocks=(note,))
-    k_table = pd.DataFrame([{"k": c.k, "silhouette": c.silhouette, "cost": c.cost} for c in record.k_selection])
+    k_table = pd.DataFrame(
+        [
+            {
+                "k": c.k,
+                "silhouette": c.silhouette,
+                "cost": c.cost,
+                "calinski_harabasz": c.calinski_harabasz,
+                "min_share": c.min_share,
+                "refused": c.refused,
+            }
+            for c in record.k_selection
+        ]
+    )
+    criterion = (
+        f"k = {record.k} was chosen: among the candidates whose every segment holds enough customers, the "
+        f"smallest k whose silhouette (squared Euclidean, on the training sample) is within {SILHOUETTE_TOLERANCE} "
+        "of the best, since fewer segments are easier to act on. Cost (the elbow) and Calinski-Harabasz are "
+        "shown beside it."
+    )
     plot = Plot(
         "k_selection",
-        f"Silhouette and cost per k; k = {record.k} was chosen (highest silhouette).",
+        f"Silhouette and cost per k; k = {record.k} was chosen.",
         figure_png(k_selection_figure(k_table, record.k)),
     )
     shown = pd.DataFrame(
         {
             "k": k_table["k"].astype("int64"),
-            "silhouette": [f"{v:.4f}" for v in k_table["silhouette"]],
+            "silhouette": ["n/a" if pd.isna(v) else f"{v:.4f}" for v in k_table["silhouette"]],
             "cost": [format_cell(v) for v in k_table["cost"]],
-            "chosen": ["yes" if k == record.k else "" for k in k_table["k"]],
+            "Calinski-Harabasz": ["n/a" if pd.isna(v) else f"{v:,.0f}" for v in k_table["calinski_harabasz"]],
+            "smallest segment": ["n/a" if pd.isna(v) else percent(v) for v in k_table["min_share"]],
+            "verdict": [
+                "chosen" if k == record.k else (reason if isinstance(reason, str) else "")
+                for k, reason in zip(k_table["k"], k_table["refused"], strict=True)
+            ],
         }
     )
-    return Section(title="k selection", blocks=(plot, Table(shown)))
+    return Section(title="k selection", blocks=(criterion, plot, Table(shown)))
 
 
 def sizes_section(sizes: pd.DataFrame, names: Mapping[int, str], colors: Mapping[str, str]) -> Section:
@@ -647,6 +796,7 @@ def build_sections(data: ReportData) -> list[Section]:
     sizes = segment_sizes(data.distributions, order)
     builders = [
         lambda: summary_section(data),
+        lambda: exploration_section(data.data_profile),
         lambda: quarantine_section(data.quarantine),
         lambda: k_selection_section(data.record),
         lambda: sizes_section(sizes, data.record.segment_names, colors),
@@ -767,7 +917,7 @@ def write_report(sections: Sequence[Section], subtitle: str, out_dir: str) -> li
 # ------------------------------------------------------------------------------------- Spark edge
 def projection_sample(state_df: DataFrame, model: ScoringModel, as_of: dt.date, *, rows: int, size: int) -> DataFrame:
     """A seeded sample of customers with their cluster and scaled feature vector as an array."""
-    sample = sample_for_selection(state_df, rows, size, model.record.seed)
+    sample = sample_customers(state_df, rows, size, model.record.seed)
     features = sample.transform(lambda df: with_customer_features(df, F.lit(as_of)))
     return score_clusters(model.pipeline, features).select(
         F.col(PREDICTION), vector_to_array(F.col(SCALED)).alias(SCALED)
@@ -804,6 +954,11 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
     profiles = tables[SEGMENT_PROFILES].where(is_current).toPandas()
     quarantine = tables[QUARANTINE].groupBy("source", "reason").count().toPandas()
     campaigns = tables[CAMPAIGN_TARGETS].groupBy("campaign").agg(F.count(F.lit(1)).alias("customers")).toPandas()
+    data_profile = (
+        read_table(spark, lake, DATA_PROFILE).where(is_current).toPandas()
+        if table_exists(spark, lake, DATA_PROFILE)
+        else pd.DataFrame(columns=["section", "item", "statistic", "value"])
+    )
 
     log.info("scoring a sample of at most %d customers for the 2-D projection", PROJECTION_SAMPLE)
     sample = projection_sample(tables[CUSTOMER_STATE], model, as_of, rows=customers, size=PROJECTION_SAMPLE).toPandas()
@@ -821,6 +976,7 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
         campaigns=campaigns,
         sample_features=features,
         sample_segments=tuple(names.get(int(c), f"cluster_{c}") for c in sample[PREDICTION]),
+        data_profile=data_profile,
     )
 
 

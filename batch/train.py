@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,10 +15,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.compact import append_segments, compact_lake, reset_logs
+from batch.explore import CORRELATED, data_profile, profile_frame
 from batch.features import CLUSTER_FEATURES, with_customer_features
-from batch.lake import append_table, overwrite_table, read_table, table_exists
+from batch.lake import append_table, overwrite_table, read_table, table_exists, write_concurrently
 from batch.load import read_history
-from batch.model import best_k, feature_caps, fit_pipeline, score_clusters, select_k
+from batch.model import best_k, feature_caps, fit_pipeline, sample_points, score_candidate, score_clusters, select_k
 from batch.registry import ModelRecord, artifact_path, new_version, publish_model
 from batch.rfm import training_rfm_edges, with_training_rfm_scores
 from batch.score import ScoringModel, resolve_as_of, with_segments
@@ -37,13 +38,18 @@ from schemas.tables import (
     CUSTOMER_SEGMENTS,
     CUSTOMER_STATE,
     CUSTOMER_STATE_SCHEMA,
+    DATA_PROFILE,
     QUARANTINE,
+    SEGMENT_LOG,
     SEGMENT_PROFILES,
     STATE_LOG,
     STREAM_CLOCK,
 )
 
 log = logging.getLogger(__name__)
+
+# A Spark start within this share of the driver's best cost for the chosen k ends the restarts.
+COST_SLACK = 0.005
 
 
 @contextmanager
@@ -134,11 +140,15 @@ def guard_streamed_state(spark: SparkSession, lake: LakeSettings, history_path: 
     )
 
 
-def sample_for_selection(features_df: DataFrame, rows: int, size: int, seed: int) -> DataFrame:
-    """A seeded sample of about `size` customers for k selection (all of them when fewer)."""
+def sample_customers(features_df: DataFrame, rows: int, size: int, seed: int) -> DataFrame:
+    """A seeded sample of about `size` customers to choose k and fit on (all of them when fewer).
+
+    In one partition: fits on it run one task per iteration. A plan of its own, so caching and
+    unpersisting it leaves the customers' cache alone.
+    """
     if rows <= size:
-        return features_df
-    return features_df.sample(fraction=min(1.0, 1.1 * size / rows), seed=seed).limit(size)
+        return features_df.coalesce(1)
+    return features_df.sample(fraction=min(1.0, 1.1 * size / rows), seed=seed).limit(size).coalesce(1)
 
 
 def run_train(
@@ -184,32 +194,51 @@ def run_train(
     caps = feature_caps(features, settings.cap_quantile)
     log.info("outlier caps at the %.0fth percentile: %s", settings.cap_quantile * 100, caps)
 
+    sample = sample_customers(features, rows, settings.sample, settings.seed).cache()
+    points = sample_points(sample, caps, settings.algorithm)
+    sample_pdf = sample.select(*CORRELATED).toPandas()
     if settings.k is not None:
         k, table = settings.k, []
+        reference = score_candidate(
+            points,
+            k,
+            algorithm=settings.algorithm,
+            seed=settings.seed,
+            max_iter=settings.max_iter,
+            restarts=settings.restarts,
+        )
     else:
-        with step(f"choosing k in {settings.k_min}..{settings.k_max} by silhouette ({settings.algorithm})"):
-            sample = sample_for_selection(features, rows, settings.selection_sample, settings.seed)
+        with step(
+            f"choosing k in {settings.k_min}..{settings.k_max} by silhouette on {len(points)} customers "
+            f"({settings.algorithm}, every segment at least {settings.min_segment_share:.0%})"
+        ):
             table = select_k(
-                sample,
-                caps,
+                points,
                 algorithm=settings.algorithm,
-                k_values=range(settings.k_min, settings.k_max + 1),
                 seed=settings.seed,
                 max_iter=settings.max_iter,
+                k_values=range(settings.k_min, settings.k_max + 1),
+                restarts=settings.restarts,
+                min_share=settings.min_segment_share,
             )
             k = best_k(table)
-    with step(f"fitting {settings.algorithm} with k={k} on {rows} customers"):
+            reference = next(c for c in table if c.k == k)
+    # The driver's best cost for this k is what a good Spark start reaches (GMM's costs are not comparable).
+    good_enough = None if settings.algorithm == "gmm" or reference.cost is None else reference.cost * (1 + COST_SLACK)
+    with step(f"fitting {settings.algorithm} with k={k} on {len(points)} of {rows} customers in Spark ML"):
         pipeline = fit_pipeline(
-            features,
+            sample,
             caps,
             algorithm=settings.algorithm,
             k=k,
             seed=settings.seed,
             max_iter=settings.max_iter,
             restarts=settings.restarts,
+            good_enough=good_enough,
         )
-        clustered = score_clusters(pipeline, features).cache()
-        names = name_segments(cluster_profiles_z(clustered))
+        # Named from the sample's cluster profiles, so every customer is scored once, below.
+        names = name_segments(cluster_profiles_z(score_clusters(pipeline, sample)))
+        sample.unpersist()
     version = new_version(now)
     record = ModelRecord(
         version=version,
@@ -236,26 +265,64 @@ def run_train(
             .withColumn("scored_at", F.lit(now))
             .cache()
         )
+        # Scores every customer once, into the cache that every output below reads.
+        summary.segments = {r["segment"]: r["count"] for r in scored.groupBy("segment").count().collect()}
+        warn_small_segments(summary.segments, settings.min_segment_share)
+        checked = validated if history_path is not None else None
+        writes: dict[str, Callable[[], object]] = {
+            SEGMENT_PROFILES: lambda: write_profiles(spark, lake, scored, version),
+            CAMPAIGN_TARGETS: lambda: write_campaigns(lake, scored),
+            DATA_PROFILE: lambda: overwrite_table(
+                profile_frame(spark, data_profile(checked, features, sample_pdf, caps), version),
+                lake,
+                DATA_PROFILE,
+                replace_where=f"model_version = '{version}'",
+            ),
+        }
         if history_path is not None:
-            append_table(quarantine_rows(validated, f"history:{history_path}"), lake, QUARANTINE)
-            overwrite_table(state, lake, CUSTOMER_STATE)
-            overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
-            reset_logs(spark, lake)
+            source = f"history:{history_path}"
+            writes[CUSTOMER_STATE] = lambda: replace_state_table(spark, lake, state)
+            writes[CUSTOMER_SEGMENTS] = lambda: overwrite_table(scored, lake, CUSTOMER_SEGMENTS)
+            writes[QUARANTINE] = lambda: append_table(quarantine_rows(validated, source), lake, QUARANTINE)
         else:
             # Through segment_log, like a re-score: a running stream's state learns the new segments.
-            append_segments(scored, lake, "train")
-            compact_lake(spark, lake)
-        write_profiles(spark, lake, scored, version)
-        write_campaigns(lake, scored)
-        publish_model(spark, lake, record)
-        summary.segments = {r["segment"]: r["count"] for r in scored.groupBy("segment").count().collect()}
-    clustered.unpersist()
+            writes[CUSTOMER_SEGMENTS] = lambda: segments_through_log(spark, lake, scored)
+        write_concurrently(writes, step)
+        # Last: the version becomes current only once its segments are written.
+        with step("model registry"):
+            publish_model(spark, lake, record)
     scored.unpersist()
     features.unpersist()
     if history_path is not None:
         validated.unpersist()
     summary.model_version, summary.k, summary.silhouette = version, k, record.silhouette
     return summary
+
+
+def replace_state_table(spark: SparkSession, lake: LakeSettings, state: DataFrame) -> None:
+    """customer_state from the history; the stream's logs, if any, are emptied: they no longer apply."""
+    overwrite_table(state, lake, CUSTOMER_STATE)
+    if table_exists(spark, lake, STATE_LOG) or table_exists(spark, lake, SEGMENT_LOG):
+        reset_logs(spark, lake)
+
+
+def segments_through_log(spark: SparkSession, lake: LakeSettings, scored: DataFrame) -> None:
+    """New segments via segment_log and a compaction, as a re-score writes them."""
+    append_segments(scored, lake, "train")
+    compact_lake(spark, lake)
+
+
+def warn_small_segments(sizes: dict[str, int], min_share: float) -> None:
+    """Say so when a segment of the whole base ends up under the share the sample was held to."""
+    total = sum(sizes.values())
+    for name, n in sorted(sizes.items()):
+        if total and n / total < min_share:
+            log.warning(
+                "segment %s holds %.1f%% of customers, under --min-segment-share %.0f%% (on the sample it did not)",
+                name,
+                100 * n / total,
+                100 * min_share,
+            )
 
 
 def write_profiles(spark: SparkSession, lake: LakeSettings, scored: DataFrame, version: str) -> None:

@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 0.5), got {value}")
+    return value
+
+
 _INTERVAL = re.compile(r"(\d+) *(second|minute|hour|day)s?")
 
 
@@ -75,25 +82,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --history: rebuild customer_state from the CSV even if the stream has added orders to it "
         "(they are discarded; start the stream on a new checkpoint afterwards)",
     )
-    train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default="kmeans")
+    chosen = TrainSettings()
+    train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default=chosen.algorithm)
     train.add_argument("--k", type=int, help="force the number of segments instead of choosing by silhouette")
-    train.add_argument("--k-min", type=int, default=2, help="smallest k tried (default 2)")
-    train.add_argument("--k-max", type=int, default=10, help="largest k tried (default 10)")
-    train.add_argument("--seed", type=int, default=42, help="clustering seed (default 42)")
+    train.add_argument("--k-min", type=int, default=chosen.k_min, help=f"smallest k tried (default {chosen.k_min})")
+    train.add_argument("--k-max", type=int, default=chosen.k_max, help=f"largest k tried (default {chosen.k_max})")
     train.add_argument(
+        "--min-segment-share",
+        type=_share,
+        default=chosen.min_segment_share,
+        help="a k whose smallest segment holds less than this share of the sampled customers is refused "
+        f"(default {chosen.min_segment_share})",
+    )
+    train.add_argument("--seed", type=int, default=chosen.seed, help=f"clustering seed (default {chosen.seed})")
+    train.add_argument(
+        "--sample",
         "--selection-sample",
+        dest="sample",
         type=_positive_int,
-        default=20_000,
-        help="customers sampled to choose k (default 20000)",
+        default=chosen.sample,
+        help=f"customers sampled to choose k and fit the model on; every customer is scored (default {chosen.sample})",
     )
     train.add_argument(
-        "--max-iter", type=_positive_int, default=100, help="clustering iterations at most (default 100)"
+        "--max-iter",
+        type=_positive_int,
+        default=chosen.max_iter,
+        help=f"clustering iterations at most (default {chosen.max_iter})",
     )
     train.add_argument(
         "--restarts",
         type=_positive_int,
-        default=3,
-        help="final fits from different starts, lowest cost kept (default 3)",
+        default=chosen.restarts,
+        help=f"fits from different starts per k, lowest cost kept (default {chosen.restarts})",
     )
 
     rescore = sub.add_parser("rescore", help="apply the current model to every customer (recency ages)")
@@ -276,13 +296,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         k=args.k,
         k_min=args.k_min,
         k_max=args.k_max,
+        min_segment_share=args.min_segment_share,
         seed=args.seed,
-        selection_sample=args.selection_sample,
+        sample=args.sample,
         max_iter=args.max_iter,
         restarts=args.restarts,
     )
     if settings.k is not None and not 2 <= settings.k <= len(ARCHETYPES):
         raise SystemExit(f"flo-seg train: --k must be between 2 and {len(ARCHETYPES)}")
+    if not 2 <= settings.k_min <= settings.k_max <= len(ARCHETYPES):
+        raise SystemExit(
+            f"flo-seg train: need 2 <= --k-min <= --k-max <= {len(ARCHETYPES)}, got {settings.k_min}..{settings.k_max}"
+        )
     spark = build_session(default_spark_settings("flo-seg-train"))
     summary = run_train(
         spark, lake, settings, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state

@@ -77,10 +77,11 @@ class TrainSettings:
 
     algorithm: str = "kmeans"
     k: int | None = None
-    k_min: int = 2
-    k_max: int = 10
+    k_min: int = 4
+    k_max: int = 8
+    min_segment_share: float = 0.03
     seed: int = 42
-    selection_sample: int = 20_000
+    sample: int = 50_000
     max_iter: int = 100
     restarts: int = 3
     cap_quantile: float = 0.99

@@ -17,6 +17,7 @@ STREAM_CLOCK = "stream_clock"
 STATE_LOG = "state_log"
 SEGMENT_LOG = "segment_log"
 COMPACTIONS = "compactions"
+DATA_PROFILE = "data_profile"
 
 _str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
 _date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
@@ -63,6 +64,15 @@ CUSTOMER_SEGMENTS_SCHEMA = _schema(
     ("scored_at", _ts, False),
     # The state_seq of the state this row was scored on: (state_seq, model_version, as_of) orders rows.
     ("state_seq", _lng, True),
+)
+
+# The exploratory analysis of the training data, one statistic per row (batch/explore.py).
+DATA_PROFILE_SCHEMA = _schema(
+    ("model_version", _str, False),
+    ("section", _str, False),
+    ("item", _str, False),
+    ("statistic", _str, False),
+    ("value", _dbl, True),
 )
 
 SEGMENT_PROFILES_SCHEMA = _schema(
@@ -194,6 +204,7 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     STATE_LOG: STATE_LOG_SCHEMA,
     SEGMENT_LOG: SEGMENT_LOG_SCHEMA,
     COMPACTIONS: COMPACTIONS_SCHEMA,
+    DATA_PROFILE: DATA_PROFILE_SCHEMA,
 }
 
 

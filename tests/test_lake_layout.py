@@ -139,3 +139,43 @@ def test_the_latest_commit_is_read_from_the_log_listing(spark: SparkSession, tmp
     newest = DeltaTable.forPath(spark, lake.table(CUSTOMER_STATE)).history(1).first()
     assert newest is not None and newest["version"] >= 2
     assert latest_commit(spark, lake, CUSTOMER_STATE) == newest["version"]
+
+
+def test_a_models_table_from_before_the_share_rule_keeps_its_versions(spark: SparkSession, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pyspark.sql import types as T
+    from test_report import model_record
+
+    from batch.model import KCandidate
+    from batch.registry import current_model_record, publish_model
+    from batch.registry import model_record as stored_record
+    from schemas.tables import MODELS, MODELS_SCHEMA
+
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    old_candidate = T.StructType(
+        [
+            T.StructField("k", T.IntegerType()),
+            T.StructField("silhouette", T.DoubleType()),
+            T.StructField("cost", T.DoubleType()),
+        ]
+    )
+    old_schema = T.StructType(
+        [
+            T.StructField("k_selection", T.ArrayType(old_candidate)) if f.name == "k_selection" else f
+            for f in MODELS_SCHEMA
+        ]
+    )
+    old = model_record(k_selection=(KCandidate(k=2, silhouette=0.41, cost=9.0),)).to_row(is_current=True).asDict()
+    old["k_selection"] = [(2, 0.41, 9.0)]
+    spark.createDataFrame([tuple(old[f.name] for f in old_schema)], old_schema).write.format("delta").save(
+        lake.table(MODELS)
+    )
+    new = replace(
+        model_record(k_selection=(KCandidate(k=5, silhouette=0.37, cost=4.0, min_share=0.06, calinski_harabasz=9e3),)),
+        version="v2",
+        trained_at=dt.datetime(2021, 6, 3),
+    )
+    publish_model(spark, lake, new)
+    assert current_model_record(spark, lake) == new
+    assert stored_record(spark, lake, "v1").k_selection == (KCandidate(k=2, silhouette=0.41, cost=9.0),)

@@ -5,15 +5,35 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pyspark.ml import Pipeline
+from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from sklearn.metrics import silhouette_score
 
 from batch.features import CLUSTER_FEATURES, with_customer_features
 from batch.generate import write_history_csv
 from batch.load import read_history
-from batch.model import PREDICTION, SCALED, feature_caps, fit_pipeline, score_clusters, select_k
+from batch.model import (
+    PREDICTION,
+    SCALED,
+    KCandidate,
+    NoAcceptableK,
+    best_k,
+    driver_clusterer,
+    feature_caps,
+    fit_pipeline,
+    preprocessing_stages,
+    sample_points,
+    score_clusters,
+    select_k,
+    squared_euclidean_silhouette,
+    vectors,
+)
 from batch.segments import cluster_profiles_z, name_segments
 from batch.train import state_from_history
 from batch.validate import validate_history
@@ -46,6 +66,62 @@ def test_every_cluster_is_used_and_named(spark: SparkSession, features: DataFram
 
 def test_k_selection_with_bisecting_finds_several_clusters(features: DataFrame) -> None:
     caps = feature_caps(features, 0.99)
-    table = select_k(features, caps, algorithm="bisecting", k_values=range(2, 5), seed=42, max_iter=20)
+    table = select_k(
+        sample_points(features, caps, "bisecting"), algorithm="bisecting", k_values=range(2, 5), seed=42, max_iter=20
+    )
     assert [c.k for c in table] == [2, 3, 4]
     assert all(c.silhouette is not None for c in table), table
+
+
+def test_silhouette_is_scikit_learns_squared_euclidean_one() -> None:
+    rng = np.random.default_rng(7)
+    points = np.vstack([rng.normal(0, 1, (40, 3)), rng.normal(4, 1, (25, 3)), [[9.0, 9.0, 9.0]]])
+    labels = np.array([0] * 40 + [1] * 25 + [2])  # a singleton cluster scores 0 in both
+    expected = silhouette_score(points, labels, metric="sqeuclidean")
+    assert squared_euclidean_silhouette(points, labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_silhouette_on_the_driver_equals_sparks_on_the_same_sample(spark: SparkSession, features: DataFrame) -> None:
+    caps = feature_caps(features, 0.99)
+    prepared = Pipeline(stages=preprocessing_stages(caps, "kmeans")).fit(features).transform(features)
+    points = vectors(prepared, SCALED)
+    labels = driver_clusterer("kmeans", 4, seed=1, max_iter=50, restarts=2).fit_predict(points)
+    frame = spark.createDataFrame(
+        [(DenseVector(p), int(c)) for p, c in zip(points, labels, strict=True)], ["features", PREDICTION]
+    )
+    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol=PREDICTION, metricName="silhouette")
+    assert squared_euclidean_silhouette(points, labels) == pytest.approx(evaluator.evaluate(frame), abs=1e-9)
+
+
+def test_a_k_with_a_segment_under_the_share_is_refused(features: DataFrame) -> None:
+    caps = feature_caps(features, 0.99)
+    table = select_k(
+        sample_points(features, caps, "kmeans"),
+        algorithm="kmeans",
+        k_values=range(2, 4),
+        seed=42,
+        max_iter=50,
+        min_share=0.34,
+    )
+    by_k = {c.k: c for c in table}
+    # Three segments cannot all hold more than a third of the customers.
+    assert by_k[3].refused is not None and "< 34%" in by_k[3].refused
+    assert all(c.calinski_harabasz and c.calinski_harabasz > 0 for c in table)
+    if by_k[2].refused is None:
+        assert best_k(table) == 2
+    else:
+        with pytest.raises(NoAcceptableK, match="lower --min-segment-share"):
+            best_k(table)
+
+
+def test_best_k_takes_the_smallest_k_within_the_tolerance_of_the_best_silhouette_not_refused() -> None:
+    table = [
+        KCandidate(k=4, silhouette=0.30, cost=9.0),
+        KCandidate(k=5, silhouette=0.346, cost=8.0),
+        KCandidate(k=6, silhouette=0.35, cost=7.0),
+        KCandidate(k=7, silhouette=0.50, cost=6.0, refused="smallest segment 1.0% < 3% of customers"),
+    ]
+    assert best_k(table) == 5
+    assert best_k(table, tolerance=0.001) == 6
+    with pytest.raises(NoAcceptableK, match=r"k=7: smallest segment 1\.0%"):
+        best_k([table[3]])

@@ -252,13 +252,36 @@ def test_a_forced_k_is_reported_instead_of_plotted() -> None:
     section = k_selection_section(model_record())
     assert section.blocks == ("k was fixed at 2 when training (--k), so no k-selection curve was computed.",)
     chosen = k_selection_section(model_record(k_selection=(KCandidate(k=2, silhouette=0.41, cost=9.0),)))
-    assert [type(b) for b in chosen.blocks] == [Plot, Table]
+    assert [type(b) for b in chosen.blocks] == [str, Plot, Table]
+
+
+def test_the_k_table_says_why_a_k_was_refused() -> None:
+    candidates = (
+        KCandidate(k=2, silhouette=0.41, cost=9.0, calinski_harabasz=1234.0, min_share=0.2),
+        KCandidate(k=3, silhouette=0.5, cost=7.0, calinski_harabasz=1500.0, min_share=0.01, refused="too small"),
+    )
+    section = k_selection_section(model_record(k_selection=candidates))
+    table = section.blocks[2]
+    assert isinstance(table, Table)
+    assert table.frame.to_dict("list") == {
+        "k": [2, 3],
+        "silhouette": ["0.4100", "0.5000"],
+        "cost": ["9.00", "7.00"],
+        "Calinski-Harabasz": ["1,234", "1,500"],
+        "smallest segment": ["20.0%", "1.0%"],
+        "verdict": ["chosen", "too small"],
+    }
 
 
 def test_rendered_report_is_self_contained_escaped_and_matches_the_markdown() -> None:
     sections = build_sections(report_data())
-    assert [s.title for s in sections][:3] == ["Data summary", "Quarantine by reason", "k selection"]
-    assert len(sections) == 10
+    assert [s.title for s in sections][:4] == [
+        "Data summary",
+        "Exploratory analysis of the history",
+        "Quarantine by reason",
+        "k selection",
+    ]
+    assert len(sections) == 11
     page = render_html(sections, "subtitle <&>")
     markdown = render_markdown(sections, "subtitle")
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
@@ -318,7 +341,7 @@ def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> 
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
     # k was forced, so every plot but the k-selection curve.
     assert [p.stem for p in plot_paths] == sorted(
-        ["segment_sizes", "distributions", "projection", "channel_mix", "rfm_crosstab"]
+        ["channel_spend", "segment_sizes", "distributions", "projection", "channel_mix", "rfm_crosstab"]
     )
     page = (out / "report.html").read_text(encoding="utf-8")
     markdown = (out / "report.md").read_text(encoding="utf-8")
@@ -328,6 +351,9 @@ def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> 
     assert all(base64.b64decode(image).startswith(PNG_SIGNATURE) for image in images)
     assert not re.search(r"https?://", page, re.IGNORECASE)
     assert "no k-selection curve was computed" in page
+    # The exploratory section counts the two unreadable first order dates and every row read.
+    assert "| first_order_date | 0 | 2 |" in markdown
+    assert "303 rows read, 300 customers kept." in markdown
 
     segments = {r["segment"] for r in spark.read.format("delta").load(lake.table("customer_segments")).collect()}
     assert len(segments) == 3

@@ -47,9 +47,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, history: Path, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
     lake = LakeSettings(root=str(tmp_path_factory.mktemp("lake")))
-    summary = run_train(
-        spark, lake, TrainSettings(k_min=2, k_max=4, seed=7, selection_sample=5000), history_path=str(history)
-    )
+    summary = run_train(spark, lake, TrainSettings(k_min=2, k_max=4, seed=7, sample=5000), history_path=str(history))
     assert (summary.rows_read, summary.rows_kept) == (CUSTOMERS + 5, CUSTOMERS)
     assert summary.quarantined == {
         "bad_date": 1,
@@ -181,7 +179,9 @@ def _stream_one_order(spark: SparkSession, lake: LakeSettings, master_id: str) -
     """One order through the stream's own state step and into state_log, as a `flo-seg stream` batch does."""
     from streaming.customer_state import apply_customer_state, as_customer_state, bootstrap_state, order_inputs
     from streaming.events import parse_order_events, valid_orders
-    from streaming.job import append_log
+    from streaming.job import append_log, prepare_tables
+
+    prepare_tables(spark, lake)  # as the stream does when it starts: it creates its logs
 
     event = {
         "event_id": "streamed-1",
