@@ -4,7 +4,11 @@ For each size the product's own paths run in one SparkSession, each in a fresh l
 `run_train` with k chosen by silhouette (the default job), `run_train` with a fixed k, and re-scoring
 every customer of `customer_state` with the stored model into `customer_segments` (a Delta overwrite, as
 `flo-seg rescore` does). scikit-learn KMeans on the same capped, log-scaled, standardised features is
-the single-machine reference. Results are printed as a Markdown table and written as JSON.
+the single-machine reference (its adjusted Rand index against the product's model, fitted on a
+sample, is recorded beside it). Two more stages give the targets their yardsticks: the I/O floor (a
+plain Spark job that reads the same CSV and writes two Delta tables) and, for the real file,
+`flo-seg train` in a fresh process, session start included. Results are printed as a Markdown table
+and written as JSON, with a verdict per target.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from pyspark.ml.feature import SQLTransformer
+from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from sklearn.cluster import KMeans
@@ -35,7 +39,7 @@ from sklearn.metrics import adjusted_rand_score, pairwise_distances_argmin_min
 from batch.features import CLUSTER_FEATURES, with_customer_features
 from batch.generate import write_history_csv
 from batch.lake import overwrite_table, read_table
-from batch.model import capped_log_sql
+from batch.model import SCALED, vectors
 from batch.score import ScoringModel, load_current_model, resolve_as_of, score_customers
 from batch.segments import ARCHETYPES
 from batch.train import run_train
@@ -47,9 +51,14 @@ log = logging.getLogger("benchmarks.batch")
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flo_data_20k.csv"
 REAL = "real"
-# The issue's target: train + score of this many customers within this many seconds of wall time.
+# The issue's targets: train (auto k) + score of 1M customers within 20 s of wall time and within 2.5x
+# the I/O floor; the real file's `flo-seg train` in a fresh process within 10 s; 10M within 10x 1M.
 TARGET_ROWS = 1_000_000
 TARGET_SECONDS = 20.0
+TARGET_FLOOR_RATIO = 2.5
+TARGET_REAL_SECONDS = 10.0
+TARGET_SCALE_ROWS = 10_000_000
+TARGET_SCALE_RATIO = 10.0
 
 GENERATE = "generate"
 TRAIN_AUTO = "train (auto k)"
@@ -57,7 +66,9 @@ TRAIN_FIXED = "train (fixed k)"
 SCORE = "score"
 TO_NUMPY = "features to numpy"
 SKLEARN = "sklearn fit+predict"
-STAGES: tuple[str, ...] = (GENERATE, TRAIN_AUTO, TRAIN_FIXED, SCORE, TO_NUMPY, SKLEARN)
+FLOOR = "I/O floor: read CSV, write 2 Delta tables"
+TRAIN_CLI = "flo-seg train, fresh process"
+STAGES: tuple[str, ...] = (GENERATE, FLOOR, TRAIN_CLI, TRAIN_AUTO, TRAIN_FIXED, SCORE, TO_NUMPY, SKLEARN)
 
 StageAction = Callable[[], tuple[int, dict[str, object]]]
 
@@ -222,30 +233,50 @@ def add_growth(results: list[StageResult]) -> None:
             previous[r.stage] = r
 
 
+def _verdict(name: str, value: float, limit: float, unit: str) -> dict[str, object]:
+    return {
+        "target": name,
+        "value": value,
+        "limit": limit,
+        "unit": unit,
+        "verdict": "MET" if value <= limit else "MISSED",
+    }
+
+
 def target_verdicts(results: list[StageResult]) -> list[dict[str, object]]:
-    """Train + score against the 20 s target at every size, marked MET/MISSED at the target size."""
+    """Each of the issue's targets that this run measured, MET or MISSED with its value."""
+    seconds: dict[tuple[str, str], float] = {}
+    rows: dict[str, int] = {}
+    for r in results:
+        if r.seconds is not None:
+            seconds[(r.size, r.stage)] = r.seconds
+            if r.stage == SCORE:
+                rows[r.size] = r.rows
     verdicts: list[dict[str, object]] = []
-    sizes = list(dict.fromkeys(r.size for r in results))
-    for size in sizes:
-        by_stage = {r.stage: r for r in results if r.size == size and r.seconds is not None}
-        score = by_stage.get(SCORE)
-        for train_name in (TRAIN_FIXED, TRAIN_AUTO):
-            train = by_stage.get(train_name)
-            if train is None or score is None or train.seconds is None or score.seconds is None:
-                continue
-            total = train.seconds + score.seconds
-            is_target_size = score.rows == TARGET_ROWS
+    by_rows = {n: size for size, n in rows.items()}
+
+    def train_and_score(size: str) -> float | None:
+        train, score = seconds.get((size, TRAIN_AUTO)), seconds.get((size, SCORE))
+        return None if train is None or score is None else train + score
+
+    target = by_rows.get(TARGET_ROWS)
+    total = train_and_score(target) if target else None
+    if target and total is not None:
+        verdicts.append(_verdict(f"{TARGET_ROWS:,}: train (auto k) + score", total, TARGET_SECONDS, "s"))
+        floor = seconds.get((target, FLOOR))
+        if floor:
             verdicts.append(
-                {
-                    "size": size,
-                    "rows": score.rows,
-                    "stages": f"{train_name} + {SCORE}",
-                    "seconds": total,
-                    "target_seconds": TARGET_SECONDS if is_target_size else None,
-                    "verdict": ("MET" if total <= TARGET_SECONDS else "MISSED") if is_target_size else None,
-                    "margin_seconds": TARGET_SECONDS - total if is_target_size else None,
-                }
+                _verdict(f"{TARGET_ROWS:,}: train + score / I/O floor", total / floor, TARGET_FLOOR_RATIO, "x")
             )
+    real = seconds.get((REAL, TRAIN_CLI))
+    if real is not None:
+        verdicts.append(_verdict("real data: flo-seg train in a fresh process", real, TARGET_REAL_SECONDS, "s"))
+    scale = by_rows.get(TARGET_SCALE_ROWS)
+    big = train_and_score(scale) if scale else None
+    if total is not None and big is not None:
+        verdicts.append(
+            _verdict(f"{TARGET_SCALE_ROWS:,} / {TARGET_ROWS:,}: train + score", big / total, TARGET_SCALE_RATIO, "x")
+        )
     return verdicts
 
 
@@ -278,18 +309,12 @@ def markdown_table(results: list[StageResult]) -> str:
 
 
 def verdict_lines(results: list[StageResult]) -> list[str]:
-    """Train + score sums per size, with the 20 s verdict at 1M customers."""
-    lines = []
-    for v in target_verdicts(results):
-        line = f"- {v['rows']:,} customers, {v['stages']}: {v['seconds']:.1f} s"
-        if v["verdict"] is not None:
-            margin = float(str(v["margin_seconds"]))
-            how = f"{margin:.1f} s under" if margin >= 0 else f"{-margin:.1f} s over"
-            line += f" → {v['verdict']} ({how} the {TARGET_SECONDS:.0f} s target)"
-        lines.append(line)
-    if not any(v["verdict"] is not None for v in target_verdicts(results)):
-        lines.append(f"- the {TARGET_ROWS:,}-customer target size did not run (or failed): no verdict")
-    return lines
+    """One line per measured target."""
+    lines = [
+        f"- {v['target']}: {v['value']:.2f} {v['unit']} (target <= {v['limit']:g} {v['unit']}) → {v['verdict']}"
+        for v in target_verdicts(results)
+    ]
+    return lines or ["- no target size ran (or all failed): no verdict"]
 
 
 def spark_centers(model: ScoringModel) -> np.ndarray:
@@ -307,16 +332,34 @@ def compare_with_product(x: np.ndarray, labels: np.ndarray, model: ScoringModel)
 
 
 def scaled_features_numpy(spark: SparkSession, lake: LakeSettings, model: ScoringModel) -> np.ndarray:
-    """The clustering features on the driver: the model's caps + log1p in Spark, standardised in numpy."""
-    x_cols = [f"x_{n}" for n in CLUSTER_FEATURES]
+    """Every customer's clustering features on the driver, through the stored model's own preprocessing."""
     state = read_table(spark, lake, CUSTOMER_STATE)
     features = with_customer_features(state, F.lit(model.record.as_of))
-    capped = SQLTransformer(statement=capped_log_sql(model.record.caps)).transform(features).select(*x_cols)
-    table = capped.toArrow()
-    raw = np.column_stack([table.column(c).to_numpy() for c in x_cols]).astype(np.float64)
-    # Spark's StandardScaler divides by the sample standard deviation and maps constant features to 0.
-    mean, std = raw.mean(axis=0), raw.std(axis=0, ddof=1)
-    return np.divide(raw - mean, std, out=np.zeros_like(raw), where=std > 0)
+    return vectors(PipelineModel(stages=model.pipeline.stages[:-1]).transform(features), SCALED)
+
+
+def io_floor(spark: SparkSession, csv: Path, lake: LakeSettings) -> tuple[int, dict[str, object]]:
+    """The plain Spark job the product is held against: the same CSV read (multi-line, as the product must),
+    then two Delta tables written from one cached frame."""
+    rows = spark.read.option("header", True).option("multiLine", True).csv(str(csv)).cache()
+    try:
+        n = rows.count()
+        rows.write.format("delta").mode("overwrite").save(lake.table("floor_rows"))
+        rows.select("master_id", "order_channel").write.format("delta").mode("overwrite").save(lake.table("floor_ids"))
+    finally:
+        rows.unpersist()
+    return n, {}
+
+
+def train_in_a_fresh_process(csv: Path, lake: LakeSettings) -> tuple[int, dict[str, object]]:
+    """`flo-seg train --history` as a user runs it: its own Python and JVM, session start included."""
+    shutil.rmtree(lake.root, ignore_errors=True)
+    command = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "train", "--history", str(csv)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    shutil.rmtree(lake.root, ignore_errors=True)
+    return 0, {"command": " ".join(command[1:]), "stdout": done.stdout.strip().splitlines()[:3]}
 
 
 def is_alive(spark: SparkSession) -> bool:
@@ -385,7 +428,10 @@ def bench_size(bench: Bench, spark: SparkSession, size: str, *, work: Path, k: i
 
     # A clean cache per stage: run_train leaves its validated history cached, which would otherwise
     # carry one stage's memory into the next.
-    stages: list[tuple[str, StageAction]] = [
+    stages: list[tuple[str, StageAction]] = [(FLOOR, lambda: io_floor(spark, csv, lake))]
+    if size == REAL:
+        stages.append((TRAIN_CLI, lambda: train_in_a_fresh_process(csv, LakeSettings(root=str(work / "lake-cli")))))
+    stages += [
         (TRAIN_AUTO, train(TrainSettings(seed=seed))),
         (TRAIN_FIXED, train(TrainSettings(k=k, seed=seed))),
         (SCORE, score),
@@ -528,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(markdown_table(bench.results))
     print()
-    print(f"Target: train + score of {TARGET_ROWS:,} customers within {TARGET_SECONDS:.0f} s wall")
+    print("Targets:")
     print("\n".join(verdict_lines(bench.results)))
     print(f"\nuptime before: {uptime_before}\nuptime after:  {meta['uptime_after']}")
     print(f"results written to {args.out}")
