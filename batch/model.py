@@ -16,11 +16,6 @@ from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from sklearn.cluster import BisectingKMeans as SkBisectingKMeans
-from sklearn.cluster import KMeans as SkKMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import calinski_harabasz_score
-from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from batch.features import CAPPED_FEATURES, CLUSTER_FEATURES
 
@@ -154,7 +149,15 @@ def squared_euclidean_silhouette(points: np.ndarray, labels: np.ndarray) -> floa
 
 
 def driver_clusterer(algorithm: str, k: int, seed: int, max_iter: int, restarts: int) -> Any:
-    """The scikit-learn counterpart of `--algorithm`, for scoring k candidates on the driver."""
+    """The scikit-learn counterpart of `--algorithm`, for scoring k candidates on the driver.
+
+    scikit-learn is imported here, on the driver of `train` only: scoring (the stream, re-score and
+    their executors) imports this module and should not pay a second of start-up for it.
+    """
+    from sklearn.cluster import BisectingKMeans as SkBisectingKMeans
+    from sklearn.cluster import KMeans as SkKMeans
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
     if algorithm == "kmeans":
         return SkKMeans(n_clusters=k, n_init=restarts, max_iter=max_iter, tol=1e-4, random_state=seed)
     if algorithm == "bisecting":
@@ -177,6 +180,9 @@ def score_candidate(
 
     KMeans and bisecting fits take CANDIDATE_STARTS starts; a Gaussian mixture, slower per start, `restarts`.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import calinski_harabasz_score
+
     starts = restarts if algorithm == "gmm" else max(restarts, CANDIDATE_STARTS)
     with warnings.catch_warnings():
         # Fewer distinct points than k: the candidate says so itself (found < k clusters).
