@@ -318,7 +318,8 @@ def warn_small_segments(sizes: dict[str, int], min_share: float) -> None:
     for name, n in sorted(sizes.items()):
         if total and n / total < min_share:
             log.warning(
-                "segment %s holds %.1f%% of customers, under --min-segment-share %.0f%% (on the sample it did not)",
+                "segment %s holds %.1f%% of all customers, under --min-segment-share %.0f%% "
+                "(the rule checks the sample)",
                 name,
                 100 * n / total,
                 100 * min_share,

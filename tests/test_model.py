@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,9 @@ from batch.model import (
     vectors,
 )
 from batch.segments import cluster_profiles_z, name_segments
-from batch.train import state_from_history
+from batch.train import state_from_history, warn_small_segments
 from batch.validate import validate_history
+from flo_seg import cli
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,39 @@ def test_best_k_takes_the_smallest_k_within_the_tolerance_of_the_best_silhouette
     assert best_k(table, tolerance=0.001) == 6
     with pytest.raises(NoAcceptableK, match=r"k=7: smallest segment 1\.0%"):
         best_k([table[3]])
+
+
+def test_restarts_stop_at_the_first_start_that_is_good_enough(
+    features: DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    caps = feature_caps(features, 0.99)
+    with caplog.at_level(logging.INFO, logger="batch.model"):
+        fit_pipeline(features, caps, algorithm="kmeans", k=3, seed=1, max_iter=10, restarts=3, good_enough=float("inf"))
+        assert sum("fit k=3" in r.getMessage() for r in caplog.records) == 1
+        caplog.clear()
+        fit_pipeline(features, caps, algorithm="kmeans", k=3, seed=1, max_iter=10, restarts=3, good_enough=0.0)
+        assert sum("fit k=3" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_segment_under_the_share_on_the_whole_base_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="batch.train"):
+        warn_small_segments({"big": 98, "tiny": 2}, 0.03)
+    assert [r.getMessage() for r in caplog.records] == [
+        "segment tiny holds 2.0% of all customers, under --min-segment-share 3% (the rule checks the sample)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--k-min", "6", "--k-max", "4"], "need 2 <= --k-min <= --k-max <= 14, got 6..4"),
+        (["--min-segment-share", "0.7"], "must be a share in [0, 0.5), got 0.7"),
+    ],
+)
+def test_train_refuses_an_impossible_k_range_or_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--lake", str(tmp_path / "lake"), "train", "--history", str(tmp_path / "h.csv"), *flags])
+    # argparse prints its refusal; a check after parsing exits with the message itself.
+    assert message in capsys.readouterr().err + str(stopped.value.code)
