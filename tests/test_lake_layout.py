@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from batch.lake import append_table, ensure_table, latest_commit, overwrite_table, read_table, table_properties
 from batch.maintain import run_maintenance
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
-from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, QUARANTINE, SEGMENT_CHANGES
+from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, DATA_PROFILE, QUARANTINE, SEGMENT_CHANGES
 from streaming.state import customer_order_deltas, merge_state
 
 DV = "delta.enableDeletionVectors"
@@ -63,6 +64,24 @@ def test_state_is_created_with_deletion_vectors_and_keeps_them_on_overwrite(
     # Append-only tables carry no such property.
     ensure_table(spark, lake, SEGMENT_CHANGES)
     assert DV not in table_properties(spark, lake, SEGMENT_CHANGES)
+
+
+def test_a_new_table_is_created_by_its_first_write_in_one_commit(spark: SparkSession, lake: LakeSettings) -> None:
+    # The fixture's overwrite created customer_state: data and contract properties in version 0.
+    assert latest_commit(spark, lake, CUSTOMER_STATE) == 0
+    assert last_commit(spark, lake.table(CUSTOMER_STATE))["operation"] == "WRITE"
+    assert read_table(spark, lake, CUSTOMER_STATE).count() == 40
+    # A replaceWhere write creates its table the same way, and the next one replaces only its rows.
+    profiles = spark.createDataFrame(
+        [("v1", "mix", "a", "customers", 1.0)],
+        "model_version string, section string, item string, statistic string, value double",
+    )
+    overwrite_table(profiles, lake, DATA_PROFILE, replace_where="model_version = 'v1'")
+    assert latest_commit(spark, lake, DATA_PROFILE) == 0
+    overwrite_table(
+        profiles.withColumn("model_version", F.lit("v2")), lake, DATA_PROFILE, replace_where="model_version = 'v2'"
+    )
+    assert sorted(r["model_version"] for r in read_table(spark, lake, DATA_PROFILE).collect()) == ["v1", "v2"]
 
 
 def test_older_state_table_gets_the_property(spark: SparkSession, tmp_path: Path) -> None:
