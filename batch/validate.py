@@ -43,8 +43,10 @@ REASONS: tuple[str, ...] = (
 )
 
 # Character classes only: a nested repeated group makes Java's regex engine recurse once per character.
+# No higher-order functions (transform, filter, forall) on the hot path: Spark interprets them row by row.
 _CATEGORY_TEXT = r"^\[[A-Za-z\s,]*\]$"
-_CATEGORY_ITEM = r"^[A-Za-z]+$"
+_EMPTY_ITEM = r"(^|,)\s*(,|$)"
+_SPACED_ITEM = r"[A-Za-z]\s+[A-Za-z]"
 # The quarantine keeps this much of a rejected row's raw record.
 MAX_RAW_RECORD_CHARS = 65_536
 _DATE_TEXT = r"^\d{4}-\d{2}-\d{2}$"
@@ -67,32 +69,42 @@ def parse_categories(raw_col: Column) -> Column:
     """`[A, B]` into an upper-case array; null when the text is not a list of words."""
     text = F.trim(raw_col)
     inner = F.trim(F.regexp_replace(text, r"^\[|\]$", ""))
-    items = F.transform(F.split(inner, ","), lambda x: F.upper(F.trim(x)))
-    is_list = text.rlike(_CATEGORY_TEXT) & ((inner == "") | F.forall(items, lambda x: x.rlike(_CATEGORY_ITEM)))
-    return F.when(is_list, F.array_distinct(F.filter(items, lambda x: x != "")))
+    # Past the character check, a list is malformed only by an empty item or a space inside one.
+    well_formed = (inner == "") | (~inner.rlike(_EMPTY_ITEM) & ~inner.rlike(_SPACED_ITEM))
+    items = F.array_distinct(F.split(F.upper(inner), r"\s*,\s*"))
+    return F.when(text.rlike(_CATEGORY_TEXT) & well_formed, F.when(inner == "", F.array()).otherwise(items))
 
 
 def _is_oversized(raw_col: Column) -> Column:
     return F.coalesce(F.length(raw_col) > MAX_FIELD_CHARS, F.lit(False))
 
 
-def with_parsed_history(raw_df: DataFrame) -> DataFrame:
-    """Typed history columns beside the raw ones (`raw_<name>`), nothing dropped yet.
+def with_master_id(raw_df: DataFrame) -> DataFrame:
+    """master_id trimmed (null when blank or oversized), its text kept as `raw_master_id`."""
+    raw = F.col("master_id")
+    return raw_df.withColumns(
+        {"raw_master_id": raw, "master_id": F.nullif(F.trim(F.when(~_is_oversized(raw), raw)), F.lit(""))}
+    )
+
+
+def with_parsed_fields(df: DataFrame) -> DataFrame:
+    """Typed dates, numbers and categories in place of their text, null when unreadable; each raw text
+    kept beside its field (`raw_<name>`).
 
     An oversized field is never parsed (it is quarantined): a regex over megabytes can exhaust the stack.
     """
-    df = raw_df
-    for name in HISTORY_COLUMN_NAMES:
-        df = df.withColumn(f"raw_{name}", F.col(name))
-        df = df.withColumn(name, F.when(~_is_oversized(F.col(name)), F.col(name)))
-    df = df.withColumn("master_id", F.nullif(F.trim(F.col("master_id")), F.lit("")))
-    for name in columns_of_kind("channel"):
-        df = df.withColumn(name, F.trim(F.col(name)))
-    for name in columns_of_kind("date"):
-        df = df.withColumn(name, parse_date(F.col(name)))
-    for name in columns_of_kind("count") + columns_of_kind("amount"):
-        df = df.withColumn(name, parse_number(F.col(name)))
-    return df.withColumn("interested_in_categories_12", parse_categories(F.col("interested_in_categories_12")))
+    others = [name for name in HISTORY_COLUMN_NAMES if name != "master_id"]
+    df = df.withColumns(
+        {
+            **{f"raw_{name}": F.col(name) for name in others},
+            **{name: F.when(~_is_oversized(F.col(name)), F.col(name)) for name in others},
+        }
+    )
+    parsed = {name: F.trim(F.col(name)) for name in columns_of_kind("channel")}
+    parsed |= {name: parse_date(F.col(name)) for name in columns_of_kind("date")}
+    parsed |= {name: parse_number(F.col(name)) for name in columns_of_kind("count") + columns_of_kind("amount")}
+    parsed["interested_in_categories_12"] = parse_categories(F.col("interested_in_categories_12"))
+    return df.withColumns(parsed)
 
 
 def _any(cols: list[Column]) -> Column:
@@ -106,47 +118,35 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
     """(reason, failed?, detail) in priority order; each check may assume the earlier ones passed."""
     counts, amounts = columns_of_kind("count"), columns_of_kind("amount")
     dates = columns_of_kind("date")
-    oversized = F.filter(
-        F.array(*[F.when(_is_oversized(F.col(f"raw_{n}")), F.lit(n)) for n in HISTORY_COLUMN_NAMES]),
-        lambda n: n.isNotNull(),
-    )
+    # Each list holds one text per failing field or rule, null for the others (concat_ws skips nulls).
+    oversized = [F.when(_is_oversized(F.col(f"raw_{n}")), F.lit(n)) for n in HISTORY_COLUMN_NAMES]
     earliest = F.lit(EARLIEST_DATE).cast("date")
-    out_of_range = F.filter(
-        F.array(
-            *[
-                F.when(
-                    (F.col(d) < earliest) | (F.col(d) > latest_date), F.concat(F.lit(f"{d} "), F.col(d).cast("string"))
-                )
-                for d in dates
-            ]
-        ),
-        lambda x: x.isNotNull(),
-    )
+    out_of_range = [
+        F.when((F.col(d) < earliest) | (F.col(d) > latest_date), F.concat(F.lit(f"{d} "), F.col(d).cast("string")))
+        for d in dates
+    ]
     dates_required = ("first_order_date", "last_order_date")
     channel_dates = {
         "last_order_date_online": "order_num_total_ever_online",
         "last_order_date_offline": "order_num_total_ever_offline",
     }
     # A channel's totals and last-order date agree with each other and with the customer's dates.
-    inconsistent = F.filter(
-        F.array(
-            *[
-                F.when((F.col(c) == 0) & (F.col(v) > 0), F.lit(f"{c} is 0 but {v} is not"))
-                for c, v in (
-                    ("order_num_total_ever_online", "customer_value_total_ever_online"),
-                    ("order_num_total_ever_offline", "customer_value_total_ever_offline"),
-                )
-            ],
-            *[
-                F.when(
-                    (F.col(d) < F.col("first_order_date")) | (F.col(d) > F.col("last_order_date")),
-                    F.lit(f"{d} outside first_order_date..last_order_date"),
-                )
-                for d in channel_dates
-            ],
-        ),
-        lambda x: x.isNotNull(),
-    )
+    inconsistent = [
+        *[
+            F.when((F.col(c) == 0) & (F.col(v) > 0), F.lit(f"{c} is 0 but {v} is not"))
+            for c, v in (
+                ("order_num_total_ever_online", "customer_value_total_ever_online"),
+                ("order_num_total_ever_offline", "customer_value_total_ever_offline"),
+            )
+        ],
+        *[
+            F.when(
+                (F.col(d) < F.col("first_order_date")) | (F.col(d) > F.col("last_order_date")),
+                F.lit(f"{d} outside first_order_date..last_order_date"),
+            )
+            for d in channel_dates
+        ],
+    ]
     bad_date_checks = [F.col(d).isNull() for d in dates_required]
     # A channel's last-order date may only be empty when the customer never ordered on that channel.
     bad_date_checks += [
@@ -158,13 +158,14 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
         for c in counts
     ]
     bad_number_checks += [F.col(a).isNull() | (F.col(a) < 0) | (F.col(a) > MAX_CUSTOMER_VALUE) for a in amounts]
-    category_ok = F.forall(F.col("interested_in_categories_12"), lambda x: x.isin(list(CATEGORIES)))
+    known = F.array(*[F.lit(c) for c in CATEGORIES])
+    category_ok = F.size(F.array_except(F.col("interested_in_categories_12"), known)) == 0
     return [
         ("malformed_row", F.col(CORRUPT_RECORD_COLUMN).isNotNull(), F.lit("column count or quoting")),
         (
             "oversized_field",
-            F.size(oversized) > 0,
-            F.concat(F.lit(f"longer than {MAX_FIELD_CHARS} characters: "), F.array_join(oversized, ", ")),
+            F.coalesce(*oversized).isNotNull(),
+            F.concat(F.lit(f"longer than {MAX_FIELD_CHARS} characters: "), F.concat_ws(", ", *oversized)),
         ),
         ("missing_master_id", F.col("master_id").isNull(), F.lit(None)),
         (
@@ -175,12 +176,12 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
         ("bad_date", _any(bad_date_checks), F.lit("missing or not yyyy-MM-dd")),
         (
             "date_out_of_range",
-            F.size(out_of_range) > 0,
+            F.coalesce(*out_of_range).isNotNull(),
             F.concat(
                 F.lit(f"before {EARLIEST_DATE} or after "),
                 latest_date.cast("string"),
                 F.lit(": "),
-                F.array_join(out_of_range, ", "),
+                F.concat_ws(", ", *out_of_range),
             ),
         ),
         (
@@ -199,8 +200,8 @@ def _rejection_checks(latest_date: Column) -> list[tuple[str, Column, Column]]:
         ),
         (
             "inconsistent_channel",
-            F.size(inconsistent) > 0,
-            F.array_join(inconsistent, "; "),
+            F.coalesce(*inconsistent).isNotNull(),
+            F.concat_ws("; ", *inconsistent),
         ),
         (
             "unknown_channel",
@@ -266,7 +267,11 @@ def validate_history(raw_df: DataFrame, *, latest_date: dt.date | None = None) -
     """
     latest = F.current_date() if latest_date is None else F.lit(latest_date)
     return (
-        raw_df.transform(with_parsed_history)
+        raw_df.transform(with_master_id)
+        # Spread by customer before the costly checks: they run in parallel even when the CSV came in one
+        # task (multiLine reads a file whole), and the de-duplication below needs no shuffle of its own.
+        .repartition("master_id")
+        .transform(with_parsed_fields)
         .transform(with_rejection_reason, latest)
         .transform(with_duplicates_flagged)
     )

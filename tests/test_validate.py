@@ -105,6 +105,24 @@ def test_parse_categories_normalises_and_rejects(spark: SparkSession) -> None:
     assert got == [["KADIN"], ["KADIN", "ERKEK"], [], None, None, None]
 
 
+def test_categories_with_an_item_spaced_inside_or_empty_are_refused(spark: SparkSession) -> None:
+    df = spark.createDataFrame(
+        [("[KAD IN]",), ("[,KADIN]",), ("[KADIN,]",), ("[ , ]",), ("[KADIN, KADIN]",)], "raw string"
+    )
+    got = [r[0] for r in df.select(parse_categories(F.col("raw"))).collect()]
+    assert got == [None, None, None, None, ["KADIN"]]
+
+
+def test_validation_shuffles_once_and_evaluates_no_lambdas(spark: SparkSession, tmp_path: Path) -> None:
+    # Spread by master_id once, before the checks: the de-duplication window reuses that partitioning.
+    # Higher-order functions (transform, filter, forall) run interpreted, row by row: none in the checks.
+    validated = validate_history(read_history(spark, write_csv(tmp_path, [GOOD.format(id="a", cats="[KADIN]")])))
+    plan = validated._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("Exchange") == 1, plan
+    assert "REPARTITION_BY_COL" in plan, plan  # the spread itself, not a shuffle the window asked for
+    assert "lambdafunction" not in plan.lower(), plan
+
+
 def test_header_without_required_columns_is_refused(spark: SparkSession, tmp_path: Path) -> None:
     header = HEADER.replace("last_order_channel,", "").replace(",interested_in_categories_12", "")
     path = write_csv(tmp_path, ["x"], header=header)
