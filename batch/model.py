@@ -303,8 +303,10 @@ def fit_pipeline(
             log.info("fit k=%d seed=%d cost=%s", k, s, cost)
             if best is None or (cost is not None and cost < best_cost):
                 best, best_cost = model, cost if cost is not None else best_cost
-            if good_enough is not None and best_cost <= good_enough:
-                break
+            if good_enough is not None:
+                if best_cost <= good_enough:
+                    break
+                log.info("cost over %.1f (the driver's best for k=%d, plus slack): another start", good_enough, k)
     finally:
         prepared.unpersist()
     if best is None:

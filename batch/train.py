@@ -48,8 +48,10 @@ from schemas.tables import (
 
 log = logging.getLogger(__name__)
 
-# A Spark start within this share of the driver's best cost for the chosen k ends the restarts.
-COST_SLACK = 0.005
+# A Spark start within this share of the driver's best cost for the chosen k ends the restarts. Two
+# starts converged on the same optimum differ by far less; a local optimum 0.07% worse on the real data
+# named 5% of the customers differently.
+COST_SLACK = 0.0002
 
 
 @contextmanager
