@@ -212,14 +212,17 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def campaign_targets(segments_df: DataFrame, categories_df: DataFrame) -> DataFrame:
-    """The two classic FLO campaign lists from classic RFM segments and category interests."""
-    joined = segments_df.join(categories_df, "master_id")
+def campaign_targets(customers_df: DataFrame) -> DataFrame:
+    """The two classic FLO campaign lists from customers' classic RFM segments and category interests.
+
+    One frame holds both (train's scored customers): joining two projections of it would shuffle
+    every customer twice.
+    """
     lists = []
     for campaign, (rfm_segments, categories) in CAMPAIGNS.items():
         interested = F.arrays_overlap(F.col("interested_in_categories_12"), F.array(*[F.lit(c) for c in categories]))
         lists.append(
-            joined.where(
+            customers_df.where(
                 F.col("rfm_segment").isin(list(rfm_segments)) & F.coalesce(interested, F.lit(False))
             ).withColumn("campaign", F.lit(campaign))
         )

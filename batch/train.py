@@ -349,9 +349,10 @@ def _profile_schema(profiles: DataFrame) -> T.StructType:
 
 def write_campaigns(lake: LakeSettings, scored: DataFrame) -> None:
     """The two classic campaign lists as a Delta table and one CSV folder per campaign."""
-    segments = scored.select("master_id", "rfm_segment", "segment", "model_version", "as_of")
-    categories = scored.select("master_id", "interested_in_categories_12")
-    targets = campaign_targets(segments, categories).cache()
+    customers = scored.select(
+        "master_id", "rfm_segment", "segment", "model_version", "as_of", "interested_in_categories_12"
+    )
+    targets = campaign_targets(customers).cache()
     overwrite_table(targets, lake, CAMPAIGN_TARGETS)
     (
         targets.select("campaign", "master_id", "rfm_segment", "segment")

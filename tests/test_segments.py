@@ -89,29 +89,18 @@ def test_actions_follow_the_profile() -> None:
 
 
 def test_campaign_targets(spark: SparkSession) -> None:
-    segments = spark.createDataFrame(
+    customers = spark.createDataFrame(
         [
-            ("a", "champions"),
-            ("b", "loyal_customers"),
-            ("c", "at_risk"),
-            ("d", "new_customers"),
-            ("e", "hibernating"),
-            ("f", "champions"),
+            ("a", "champions", ["KADIN"]),
+            ("b", "loyal_customers", ["ERKEK"]),
+            ("c", "at_risk", ["COCUK", "KADIN"]),
+            ("d", "new_customers", None),
+            ("e", "hibernating", ["ERKEK"]),
+            ("f", "champions", ["AKTIFSPOR", "KADIN"]),
         ],
-        "master_id string, rfm_segment string",
+        "master_id string, rfm_segment string, interested_in_categories_12 array<string>",
     )
-    categories = spark.createDataFrame(
-        [
-            ("a", ["KADIN"]),
-            ("b", ["ERKEK"]),
-            ("c", ["COCUK", "KADIN"]),
-            ("d", None),
-            ("e", ["ERKEK"]),
-            ("f", ["AKTIFSPOR", "KADIN"]),
-        ],
-        "master_id string, interested_in_categories_12 array<string>",
-    )
-    got = {(r["campaign"], r["master_id"]) for r in campaign_targets(segments, categories).collect()}
+    got = {(r["campaign"], r["master_id"]) for r in campaign_targets(customers).collect()}
     assert got == {
         ("new_womens_shoe_brand", "a"),
         ("new_womens_shoe_brand", "f"),
