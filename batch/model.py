@@ -298,9 +298,13 @@ def fit_pipeline(
     try:
         best, best_cost = None, float("inf")
         for s in restart_seeds(seed, restarts):
+            started = time.monotonic()
             model = clusterer(algorithm, k, s, max_iter).fit(prepared)
             cost = _cost(model)
-            log.info("fit k=%d seed=%d cost=%s", k, s, cost)
+            iterations = getattr(getattr(model, "summary", None), "numIter", None)
+            log.info(
+                "fit k=%d seed=%d cost=%s iterations=%s (%.1fs)", k, s, cost, iterations, time.monotonic() - started
+            )
             if best is None or (cost is not None and cost < best_cost):
                 best, best_cost = model, cost if cost is not None else best_cost
             if good_enough is not None:
