@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from typing import TypeVar
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from flo_seg.settings import LakeSettings
 from schemas.tables import TABLE_PROPERTIES, TABLE_SCHEMAS, conform
@@ -76,10 +76,9 @@ def overwrite_table(df: DataFrame, lake: LakeSettings, name: str, *, replace_whe
     def write() -> None:
         writer = shaped.write.format("delta").mode("overwrite")
         if table_exists(spark, lake, name):
-            ensure_table(spark, lake, name)
+            upgrade_table(spark, lake, name)
         else:
-            for key, value in TABLE_PROPERTIES.get(name, {}).items():
-                writer = writer.option(key, value)
+            writer = with_contract_properties(writer, name)
         if replace_where:
             writer = writer.option("replaceWhere", replace_where)
         else:
@@ -140,19 +139,29 @@ def table_properties(spark: SparkSession, lake: LakeSettings, name: str) -> dict
     return dict(row["properties"] or {}) if row is not None else {}
 
 
-def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
-    """Create a table with its contract schema if missing, then set the contract properties it lacks.
+def with_contract_properties(writer: DataFrameWriter, name: str) -> DataFrameWriter:
+    """A writer that gives the table it creates its contract properties from that first commit."""
+    for key, value in TABLE_PROPERTIES.get(name, {}).items():
+        writer = writer.option(key, value)
+    return writer
 
-    Adding `delta.enableDeletionVectors` upgrades the table protocol (readers need Delta 2.3 or later).
-    A table written by an older version gets the nullable contract columns it lacks (e.g. state_seq).
-    """
-    path = lake.table(name)
+
+def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
+    """Create a table with its contract schema if missing, else bring it up to its contract (`upgrade_table`)."""
     if not table_exists(spark, lake, name):
         # Created empty, with its properties from version 0 (a change data feed must cover every version).
-        empty = spark.createDataFrame([], TABLE_SCHEMAS[name]).write.format("delta").mode("append")
-        for key, value in TABLE_PROPERTIES.get(name, {}).items():
-            empty = empty.option(key, value)
-        with_conflict_retry(lambda: empty.save(path), what=f"create {name}")
+        empty = with_contract_properties(spark.createDataFrame([], TABLE_SCHEMAS[name]).write.format("delta"), name)
+        with_conflict_retry(lambda: empty.mode("append").save(lake.table(name)), what=f"create {name}")
+    upgrade_table(spark, lake, name)
+
+
+def upgrade_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
+    """Give an existing table the nullable contract columns and the contract properties it lacks.
+
+    Adding `delta.enableDeletionVectors` upgrades the table protocol (readers need Delta 2.3 or later).
+    A table written by an older version gets the columns it lacks (e.g. state_seq) as null.
+    """
+    path = lake.table(name)
     have = set(spark.read.format("delta").load(path).columns)
     added = [f for f in TABLE_SCHEMAS[name].fields if f.name not in have and f.nullable]
     if added:
