@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -253,3 +255,49 @@ class Compactor:
         self.thread.join()
         if final:
             compact_lake(self.spark, self.lake, prepared=self.prepared)
+
+
+def compact_until_stopped(
+    spark: SparkSession, lake: LakeSettings, interval_s: float, *, parent_pid: int | None = None
+) -> int:
+    """`flo-seg compact --every`: compact at an interval until SIGINT / SIGTERM (or until `parent_pid` has
+    exited), then once more. Returns 1 when rounds failed.
+
+    With `parent_pid` (a stream's child), a signal means the stream is stopping and compacts once more
+    itself, so the child only finishes its round; if the stream died instead, the child compacts once more.
+
+    The compaction as a process of its own, beside a stream: on a cluster it can get executors of its
+    own, on one machine the OS can run it at a lower priority (`nice`), so that its MERGEs do not take
+    cores from the micro-batches. Two compactions at once are safe: a MERGE only ever replaces a row
+    with a newer one, and a conflict is retried.
+    """
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping the compaction after the current round", signum)
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    log.info("compacting %s every %gs until stopped", lake.root, interval_s)
+    compactor = Compactor(spark, lake, interval_s).start()
+    orphaned = False
+    while not stopping.wait(1.0):
+        if parent_pid is not None and not process_alive(parent_pid):
+            log.info("process %d has exited: stopping the compaction", parent_pid)
+            orphaned = True
+            break
+    compactor.stop(final=parent_pid is None or orphaned)
+    log.info("compaction stopped (%d failed rounds)", compactor.failures)
+    return 1 if compactor.failures else 0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

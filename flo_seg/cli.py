@@ -33,6 +33,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 0.5:
@@ -189,9 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument(
         "--compact-seconds",
-        type=float,
+        type=_non_negative,
         default=10.0,
-        help="bring customer_state and customer_segments current from the stream's logs this often (default 10)",
+        help="bring customer_state and customer_segments current from the stream's logs this often (default 10; "
+        "0: not in this process, run `flo-seg compact --every N` beside the stream instead)",
+    )
+    stream.add_argument(
+        "--compaction",
+        choices=("auto", "thread", "process"),
+        default="auto",
+        help="where the compaction runs: a thread of the stream's session, or `flo-seg compact --every` in "
+        "a child process at the lowest CPU priority; auto (default): the process under a local master, "
+        "the thread on a cluster",
     )
     stream.add_argument(
         "--state-partitions",
@@ -202,9 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _kafka_option_flags(stream)
 
-    sub.add_parser(
+    compact = sub.add_parser(
         "compact",
         help="bring customer_state and customer_segments current from the stream's logs (the stream does it too)",
+    )
+    compact.add_argument(
+        "--every",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="keep compacting at this interval until stopped (Ctrl-C / SIGTERM), then once more; "
+        "default: once. Beside `flo-seg stream --compact-seconds 0`, in a process (or job) of its own",
+    )
+    compact.add_argument(
+        "--parent-pid",
+        type=_positive_int,
+        default=None,
+        metavar="PID",
+        help="with --every: also stop once process PID (the stream that started this one) has exited; a signal "
+        "then ends the current round only, since that stream compacts once more itself",
     )
 
     produce = sub.add_parser("produce", help="send order events for the lake's customers to Kafka")
@@ -398,6 +437,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         aging_days=args.aging_days,
         dedupe_window=args.dedupe_window,
         compact_seconds=args.compact_seconds,
+        compaction=args.compaction,
         state_partitions=args.state_partitions,
         kafka_options=read_kafka_options(args.kafka_option, args.kafka_options_file),
     )
@@ -408,10 +448,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """Compact the stream's logs into the tables users read; one line per log."""
-    from batch.compact import compact_lake
+    from batch.compact import compact_lake, compact_until_stopped
     from flo_seg.spark import build_session
 
     spark = build_session(default_spark_settings("flo-seg-compact"))
+    if args.every is not None:
+        return compact_until_stopped(spark, _lake(args), args.every, parent_pid=args.parent_pid)
     for done in compact_lake(spark, _lake(args)):
         print(
             f"  {done.log:<12} versions {done.from_version}..{done.to_version}: {done.rows_read} rows, "

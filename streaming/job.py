@@ -106,7 +106,8 @@ class StreamSettings:
     dedupe_window: str = DEFAULT_DEDUPE_WINDOW
     # State store partitions; fixed by the checkpoint at its first start (None: the cores Spark has).
     state_partitions: int | None = None
-    compact_seconds: float = 10.0
+    compact_seconds: float = 10.0  # 0: no compaction by the stream (`flo-seg compact --every N` elsewhere)
+    compaction: str = "auto"  # where: auto, thread (of the stream's session), process (streaming/run.py)
     kafka_options: dict[str, str] = field(default_factory=dict)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from schemas.tables import (
     SEGMENT_LOG,
     STATE_LOG,
 )
+from streaming.run import AUTO, PROCESS, THREAD, compaction_place
 
 D, TS = dt.date, dt.datetime
 
@@ -154,3 +158,44 @@ def test_rescored_rows_go_through_the_log_and_a_reset_forgets_the_logs(spark: Sp
     assert [d.rows_read for d in compact_lake(spark, lake)] == [0, 0]
     assert by_id(spark, lake, CUSTOMER_STATE)["a"]["state_seq"] == 0
     assert SEGMENTS.newer("s", "t").startswith("struct(coalesce(s.state_seq, 0), s.model_version, s.as_of)")
+
+
+def test_a_compaction_process_runs_rounds_until_its_parent_has_exited(spark: SparkSession, lake: LakeSettings) -> None:
+    compact_lake(spark, lake)
+    log_rows(spark, lake, STATE_LOG, [state_row("a", 1, 5)], 1)
+    parent = subprocess.Popen(["sleep", "600"])
+    command = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "compact", "--every", "1"]
+    child = subprocess.Popen(
+        [*command, "--parent-pid", str(parent.pid)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while by_id(spark, lake, CUSTOMER_STATE)["a"]["state_seq"] != 1:  # a round ran on its own
+            assert child.poll() is None and time.monotonic() < deadline, child.stdout.read() if child.stdout else ""
+            time.sleep(1)
+        log_rows(spark, lake, STATE_LOG, [state_row("a", 2, 6)], 2)
+        parent.kill()
+        parent.wait()
+        output, _ = child.communicate(timeout=180)
+    finally:
+        parent.kill()
+        child.kill()
+    assert child.returncode == 0, output
+    assert f"process {parent.pid} has exited: stopping the compaction" in output
+    # Its last round ran after the parent had gone: nothing logged is left behind.
+    assert by_id(spark, lake, CUSTOMER_STATE)["a"]["state_seq"] == 2
+
+
+@pytest.mark.parametrize(
+    ("place", "master", "expected"),
+    [
+        (AUTO, "local[*]", PROCESS),
+        (AUTO, "local-cluster[2,1,1024]", PROCESS),
+        (AUTO, "spark://host:7077", THREAD),
+        (AUTO, "yarn", THREAD),
+        (THREAD, "local[2]", THREAD),
+        (PROCESS, "k8s://https://host", PROCESS),
+    ],
+)
+def test_auto_compacts_in_a_process_on_one_machine_only(place: str, master: str, expected: str) -> None:
+    assert compaction_place(place, master) == expected
