@@ -73,7 +73,7 @@ from schemas.tables import (
 from streaming.events import parse_order_events, valid_orders
 from streaming.job import BatchLogger, BatchMetrics, StreamSettings, start_stream
 from streaming.produce import CustomerProfiles, ProduceSettings, load_profiles, run_produce
-from streaming.run import stop_between_batches
+from streaming.run import PROCESS, THREAD, CompactionProcess, stop_between_batches
 from streaming.state import CENTS, state_merge_inserts, state_merge_updates
 
 log = logging.getLogger("benchmarks.streaming")
@@ -90,6 +90,10 @@ TARGET_FRESHNESS_S = 30.0
 PRODUCT = "product"  # the state-store design (streaming.job)
 MERGE_DESIGN = "merge"  # today's MERGE design (benchmarks.merge_design), the issue's comparison
 DESIGNS: tuple[str, ...] = (PRODUCT, MERGE_DESIGN)
+# Where the product's compaction runs during a latency run: a thread of the stream's own session, as
+# `flo-seg stream` runs by default, or `flo-seg compact --every` in a process of its own at the lowest
+# CPU priority (`nice -n 19`), beside `flo-seg stream --compact-seconds 0`.
+COMPACTION_PLACES = (THREAD, PROCESS)
 # The Delta docs' foreachBatch upsert merges the raw micro-batch with `whenMatchedUpdateAll`. Orders are
 # counted, not replaced, so the raw rows become per-order increments (the product's own SET clauses),
 # and Delta rejects two source rows for one target row. Hence three readings of "the naive pattern":
@@ -155,6 +159,8 @@ class BenchSettings:
     skip_latency: bool
     skip_merge: bool
     designs: tuple[str, ...]
+    compactions: tuple[str, ...] = ("thread",)
+    compact_seconds: float = 10.0
     keep_topics: bool
     keep_runs: bool
 
@@ -194,6 +200,7 @@ class LatencyResult:
     design: str
     rate: float
     trigger_seconds: float
+    compaction: str = THREAD  # product: where the compaction ran (see COMPACTION_PLACES)
     # Product: how far customer_state / customer_segments lagged the stream's logs (log commit to the
     # commit of the compaction that covered it), over the run's log commits.
     step_means_s: dict[str, float] = field(default_factory=dict)  # product: handler steps, mean per batch
@@ -539,6 +546,26 @@ def phase_means(batches: list[dict[str, Any]], design: str) -> dict[str, float]:
     }
 
 
+def run_name(result: LatencyResult) -> str:
+    """The design, and for the product where its compaction ran."""
+    return f"{result.design} ({result.compaction} compaction)" if result.design == PRODUCT else result.design
+
+
+def latency_label(design: str, rate: float, trigger_s: float, compaction: str) -> str:
+    """The run's name: topics, query and run folder."""
+    where = f"-{compaction}" if design == PRODUCT and compaction != THREAD else ""
+    return f"lat-{design}{where}-{rate:g}-t{trigger_s:g}"
+
+
+def start_compaction(
+    spark: SparkSession, lake: LakeSettings, interval_s: float, compaction: str
+) -> Compactor | CompactionProcess:
+    """The product's compaction for a latency run, where `compaction` says (as `flo-seg stream --compaction`)."""
+    if compaction == PROCESS:
+        return CompactionProcess(spark, lake, interval_s)
+    return Compactor(spark, lake, interval_s).start()
+
+
 def start_design(
     spark: SparkSession, lake: LakeSettings, settings: StreamSettings, design: str, recorder: BatchLogger
 ) -> StreamingQuery:
@@ -880,6 +907,7 @@ def run_latency(
     topics: list[str],
     prefix: str,
     design: str = PRODUCT,
+    compaction: str = THREAD,
 ) -> LatencyResult:
     """Offer `rate` events/s for `latency_seconds` to one design's running stream; latency per event.
 
@@ -888,8 +916,8 @@ def run_latency(
     runs with its background compaction, as `flo-seg stream` does, and the run records how far the
     tables lagged.
     """
-    result = LatencyResult(design=design, rate=rate, trigger_seconds=trigger_s)
-    label = f"lat-{design}-{rate:g}-t{trigger_s:g}"
+    result = LatencyResult(design=design, rate=rate, trigger_seconds=trigger_s, compaction=compaction)
+    label = latency_label(design, rate, trigger_s, compaction)
     topic, changes_topic = f"{prefix}.{label}.orders", f"{prefix}.{label}.changes"
     topics += [topic, changes_topic]
     ensure_topics(
@@ -904,11 +932,14 @@ def run_latency(
         changes_topic=changes_topic,
         query_name=f"sbench-{label}",
         trigger_seconds=trigger_s,
+        compact_seconds=settings.compact_seconds,
     )
     event_seconds = 1.0 / rate  # event time advances like wall time
     recorder = MetricsRecorder()
     query = start_design(spark, lake, stream_settings, design, recorder)
-    compactor = Compactor(spark, lake, stream_settings.compact_seconds).start() if design == PRODUCT else None
+    compactor = None
+    if design == PRODUCT:
+        compactor = start_compaction(spark, lake, stream_settings.compact_seconds, compaction)
     measured_from_ms = time.time() * 1000.0
     try:
         # Warm-up: the first batch loads the model and sweeps; measured events come after it committed.
@@ -1169,11 +1200,11 @@ def markdown(report: Report) -> str:
             to_kafka = (lat.kafka_p50_s, lat.kafka_p95_s, lat.kafka_p99_s, lat.kafka_max_s)
             if lat.error:
                 lines.append(
-                    f"| {lat.design} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | failed: {lat.error} |" + " |" * 12
+                    f"| {run_name(lat)} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | failed: {lat.error} |" + " |" * 12
                 )
                 continue
             lines.append(
-                f"| {lat.design} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | {_num(lat.achieved_rate)} "
+                f"| {run_name(lat)} | {lat.rate:,.0f} | {lat.trigger_seconds:g} | {_num(lat.achieved_rate)} "
                 f"| {lat.committed + lat.uncommitted:,} | {lat.batches} | {_num(lat.mean_batch_s, '.2f')} "
                 f"| {_num(lat.mean_batch_rows)} | {_num(lat.p50_s, '.2f')} | {_num(lat.p95_s, '.2f')} "
                 f"| {_num(lat.p99_s, '.2f')} | {_num(lat.max_s, '.2f')} "
@@ -1185,7 +1216,7 @@ def markdown(report: Report) -> str:
     if timed:
         steps = sorted({k for lat in timed for k in lat.step_means_s})
         lines += ["", "Batch handler steps, mean seconds per micro-batch:", ""]
-        lines.append("| step | " + " | ".join(f"{lat.design} {lat.rate:,.0f}/s" for lat in timed) + " |")
+        lines.append("| step | " + " | ".join(f"{run_name(lat)} {lat.rate:,.0f}/s" for lat in timed) + " |")
         lines.append("|---|" + "---:|" * len(timed))
         for step in steps:
             lines.append(f"| {step} | " + " | ".join(f"{lat.step_means_s.get(step, 0.0):.3f}" for lat in timed) + " |")
@@ -1242,6 +1273,14 @@ def _designs(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in DESIGNS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown designs {unknown}; choose from {', '.join(DESIGNS)}")
+    return names
+
+
+def _compactions(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [n for n in names if n not in COMPACTION_PLACES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown compactions {unknown}; choose from {', '.join(COMPACTION_PLACES)}")
     return names
 
 
@@ -1305,6 +1344,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DESIGNS),
         help=f"designs measured for latency: {PRODUCT} (state store) and {MERGE_DESIGN} (today's MERGE design)",
     )
+    runs.add_argument(
+        "--compaction",
+        type=_compactions,
+        default=THREAD,
+        help=f"where the product's compaction runs in latency runs, comma-separated: {THREAD} (in the stream's "
+        f"session, as `flo-seg stream` by default), {PROCESS} (`nice -n 19 flo-seg compact --every`)",
+    )
+    runs.add_argument(
+        "--compact-seconds", type=float, default=10.0, help="the product's compaction interval (default 10)"
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--work", type=Path, default=Path("/tmp/flo-sbench"), help="cached lakes, run copies, scratch")
     where.add_argument("--out", type=Path, default=None, help="JSON results; None: <work>/streaming-results.json")
@@ -1347,6 +1396,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         skip_latency=args.skip_latency,
         skip_merge=args.skip_merge,
         designs=args.designs,
+        compactions=args.compaction,
+        compact_seconds=args.compact_seconds,
         keep_topics=args.keep_topics,
         keep_runs=args.keep_runs,
     )
@@ -1456,10 +1507,15 @@ class Runner:
 
     def latencies(self) -> None:
         """Every offered rate at every trigger interval."""
-        for design in self.settings.designs:
+        runs = [
+            (design, compaction)
+            for design in self.settings.designs
+            for compaction in (self.settings.compactions if design == PRODUCT else (THREAD,))
+        ]
+        for design, compaction in runs:
             for trigger_s in self.settings.trigger_seconds:
                 for rate in self.settings.rates:
-                    label = f"lat-{design}-{rate:g}-t{trigger_s:g}"
+                    label = latency_label(design, rate, trigger_s, compaction)
                     log.info("latency: %s ...", label)
                     result = run_latency(
                         self.spark,
@@ -1472,6 +1528,7 @@ class Runner:
                         self.topics,
                         self.prefix,
                         design,
+                        compaction,
                     )
                     log.info("latency: %s: p99 %s s", label, _num(result.p99_s, ".2f"))
                     self.report.latency.append(result)
