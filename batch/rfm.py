@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -118,24 +119,73 @@ def frequency_ranks(df: DataFrame) -> FrequencyRanks:
     return FrequencyRanks(counts=tuple((int(r["frequency"]), int(r["count"])) for r in rows))
 
 
+def frequency_rank_bins(ranks: FrequencyRanks) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """Where qcut's rank edges fall among the frequency values.
+
+    Returns, per frequency, how many edges every customer of it is above, and a `(frequency, m)` for
+    each edge that falls inside one frequency's ranks: its first m customers in input order stay below
+    that edge, the others are above it (at most one per edge, so at most four).
+    """
+    before = ranks.ranks_before()
+    above: dict[int, int] = {}
+    splits: list[tuple[int, int]] = []
+    for value, count in ranks.counts:
+        above[value] = 0
+        for edge in ranks.rank_edges():
+            # Ranks before[value] + 1 .. before[value] + count; the j-th is above the edge when j > edge - before.
+            below = math.floor(edge - before[value])
+            if below <= 0:
+                above[value] += 1
+            elif below < count:
+                splits.append((value, below))
+    return above, splits
+
+
+def split_order_values(features_df: DataFrame, splits: list[tuple[int, int]], order_col_name: str) -> list[Column]:
+    """For each split `(frequency, m)`: 1 for the customers of that frequency after its m-th in input order.
+
+    The m-th customer's order value comes from a ranking of just (frequency, order) for the split
+    frequencies, a narrow job; the scored frame itself needs no window (no shuffle of every column).
+    """
+    if not splits:
+        return []
+    within = Window.partitionBy("frequency").orderBy(F.col(order_col_name))
+    wanted = F.lit(False)
+    for value, below in splits:
+        wanted = wanted | ((F.col("frequency") == value) & (F.col("_position") == below))
+    found = {
+        (int(r["frequency"]), int(r["_position"])): r[order_col_name]
+        for r in features_df.where(F.col("frequency").isin(sorted({v for v, _ in splits})))
+        .select("frequency", order_col_name, F.row_number().over(within).alias("_position"))
+        .where(wanted)
+        .collect()
+    }
+    return [
+        F.when((F.col("frequency") == value) & (F.col(order_col_name) > F.lit(found[(value, below)])), 1).otherwise(0)
+        for value, below in splits
+    ]
+
+
 def with_training_rfm_scores(
     features_df: DataFrame, edges: RfmEdges, ranks: FrequencyRanks, order_col_name: str
 ) -> DataFrame:
-    """Training-time scores equal to the notebooks': F from the first-come rank of frequency."""
-    before = F.create_map(*[F.lit(x) for v, b in ranks.ranks_before().items() for x in (v, b)])
-    within = Window.partitionBy("frequency").orderBy(F.col(order_col_name))
-    rank = F.element_at(before, F.col("frequency")) + F.row_number().over(within)
-    return (
-        features_df.withColumn("_f_rank", rank)
-        .select(
-            "*",
-            (F.lit(6) - quantile_bin(F.col("recency"), edges.recency)).alias("r_score"),
-            quantile_bin(F.col("_f_rank"), ranks.rank_edges()).alias("f_score"),
-            quantile_bin(F.col("monetary"), edges.monetary).alias("m_score"),
-        )
-        .drop("_f_rank")
-        .transform(with_rfm_segment)
-    )
+    """Training-time scores equal to the notebooks': F from the first-come rank of frequency.
+
+    The rank itself is never computed: a customer's F bin is the number of rank edges below their rank,
+    known from their frequency alone except at the (at most four) edges inside one frequency's ranks,
+    where their input order decides (`split_order_values`).
+    """
+    above, splits = frequency_rank_bins(ranks)
+    passed = F.create_map(*[F.lit(x) for v, n in above.items() for x in (v, n)])
+    f_score = F.lit(1) + F.element_at(passed, F.col("frequency"))
+    for split in split_order_values(features_df, splits, order_col_name):
+        f_score = f_score + split
+    return features_df.select(
+        "*",
+        (F.lit(6) - quantile_bin(F.col("recency"), edges.recency)).alias("r_score"),
+        f_score.cast("int").alias("f_score"),
+        quantile_bin(F.col("monetary"), edges.monetary).alias("m_score"),
+    ).transform(with_rfm_segment)
 
 
 def training_rfm_edges(features_df: DataFrame) -> tuple[RfmEdges, FrequencyRanks]:

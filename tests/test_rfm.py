@@ -16,6 +16,7 @@ from batch.load import read_history
 from batch.rfm import (
     FrequencyRanks,
     RfmEdges,
+    frequency_rank_bins,
     quantile_bin,
     rfm_segment,
     training_rfm_edges,
@@ -65,6 +66,15 @@ def test_frequency_ranks_match_rank_first() -> None:
     assert ranks.rank_edges() == pytest.approx((2.8, 4.6, 6.4, 8.2))
     # last rank inside each bin: 2 -> freq 1, 4 -> freq 2, 6 -> freq 3, 8 -> freq 5
     assert ranks.value_edges() == (1.0, 2.0, 3.0, 5.0)
+
+
+def test_rank_edges_fall_inside_few_frequencies() -> None:
+    # Same ranks as above: bins by rank are 1,1,2 | 2,3 | 3 | 4,4,5,5 for frequencies 1 | 2 | 3 | 5.
+    ranks = FrequencyRanks(counts=((1, 3), (2, 2), (3, 1), (5, 4)))
+    above, splits = frequency_rank_bins(ranks)
+    # Every customer of frequency 5 is above three edges; edge 8.2 splits it after its 2nd customer.
+    assert above == {1: 0, 2: 1, 3: 2, 5: 3}
+    assert splits == [(1, 2), (2, 1), (5, 2)]
 
 
 def test_fixed_edge_scores_and_ties_take_the_lower_bin(spark: SparkSession) -> None:
