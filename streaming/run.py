@@ -95,6 +95,10 @@ class CompactionProcess:
         self.process = subprocess.Popen(command, env=env)
         log.info("compaction every %gs in process %d%s", interval_s, self.process.pid, " (nice 19)" if nice else "")
 
+    def exit_code(self) -> int | None:
+        """The child's exit code once it has ended, None while it runs."""
+        return self.process.poll()
+
     def stop(self, *, final: bool = True) -> None:
         """End the child (it finishes its round, no more); with `final`, compact once more in this session."""
         self.process.terminate()
@@ -118,6 +122,18 @@ def start_compaction(
     if compaction_place(settings.compaction, spark.sparkContext.master or "") == PROCESS:
         return CompactionProcess(spark, lake, settings.compact_seconds)
     return Compactor(spark, lake, settings.compact_seconds).start()
+
+
+def keep_compacting(
+    compactor: Compactor | CompactionProcess | None, spark: SparkSession, lake: LakeSettings, interval_s: float
+) -> Compactor | CompactionProcess | None:
+    """The same compactor while it runs; a thread of the stream in place of a child process that ended."""
+    if not isinstance(compactor, CompactionProcess) or compactor.exit_code() is None:
+        return compactor
+    log.warning(
+        "the compaction process exited with %s; compacting in a thread of the stream instead", compactor.exit_code()
+    )
+    return Compactor(spark, lake, interval_s).start()
 
 
 def run_stream(
@@ -146,6 +162,8 @@ def run_stream(
                     log.info("duration reached: stopping the stream")
                     break
                 query.awaitTermination(timeout=1)
+                if not stopping["signal"]:  # a Ctrl-C reaches the child too, which then ends first
+                    compactor = keep_compacting(compactor, spark, lake, settings.compact_seconds)
         finally:
             stop_between_batches(query)
             if compactor is not None:

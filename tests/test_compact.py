@@ -13,7 +13,16 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from batch.compact import SEGMENTS, STATE, append_segments, compact_lake, compact_log, compacted_version, reset_logs
+from batch.compact import (
+    SEGMENTS,
+    STATE,
+    Compactor,
+    append_segments,
+    compact_lake,
+    compact_log,
+    compacted_version,
+    reset_logs,
+)
 from batch.lake import append_table, overwrite_table, read_table
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
@@ -25,7 +34,7 @@ from schemas.tables import (
     SEGMENT_LOG,
     STATE_LOG,
 )
-from streaming.run import AUTO, PROCESS, THREAD, compaction_place
+from streaming.run import AUTO, PROCESS, THREAD, CompactionProcess, compaction_place, keep_compacting
 
 D, TS = dt.date, dt.datetime
 
@@ -199,3 +208,18 @@ def test_a_compaction_process_runs_rounds_until_its_parent_has_exited(spark: Spa
 )
 def test_auto_compacts_in_a_process_on_one_machine_only(place: str, master: str, expected: str) -> None:
     assert compaction_place(place, master) == expected
+
+
+def test_a_stream_whose_compaction_process_ended_compacts_in_a_thread(spark: SparkSession, lake: LakeSettings) -> None:
+    class Ended(CompactionProcess):
+        def __init__(self) -> None:  # no child: one that has already exited with an error
+            self.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+            self.process.wait()
+
+    replaced = keep_compacting(Ended(), spark, lake, 3600)
+    assert isinstance(replaced, Compactor) and replaced.thread.is_alive()
+    replaced.stop(final=False)
+    running = Compactor(spark, lake, 3600).start()
+    assert keep_compacting(running, spark, lake, 3600) is running
+    running.stop(final=False)
+    assert keep_compacting(None, spark, lake, 3600) is None
