@@ -42,7 +42,7 @@ from streaming.produce import ProduceSettings
 from streaming.run import stop_between_batches
 
 VARIANTS = ("product", "delta-bootstrap", "no-stats", "checkpoint-10", "checkpoint-100")
-STEPS = ("state step", "score", "publish", "writes", "model check")
+STEPS = ("state step", "plan", "score", "publish", "writes", "unpersist", "model check")
 
 
 def pinned_delta_bootstrap(spark: SparkSession, lake: LakeSettings, checkpoint: str) -> DataFrame:

@@ -439,16 +439,17 @@ def make_batch_handler(
                 )
             persisted: list[DataFrame] = []
             if metrics.customers_updated:
-                state = as_customer_state(out, "segment", "model_version", "segment_seq", "segment_as_of")
                 with metrics.timed("unacked"):
                     unacked = unacked_segments(spark, lake, settings, batch_id) if settings.available_now else None
-                previous = previous_segments(state, unacked)
-                scored = (
-                    score_customers(state.drop("segment", "model_version"), model, F.lit(as_of))
-                    .join(previous, "master_id")
-                    .persist()
-                )
-                changes = segment_change_rows(scored, batch_id).persist()
+                with metrics.timed("plan"):  # building the frames (py4j calls, analysis), before any job
+                    state = as_customer_state(out, "segment", "model_version", "segment_seq", "segment_as_of")
+                    previous = previous_segments(state, unacked)
+                    scored = (
+                        score_customers(state.drop("segment", "model_version"), model, F.lit(as_of))
+                        .join(previous, "master_id")
+                        .persist()
+                    )
+                    changes = segment_change_rows(scored, batch_id).persist()
                 persisted += [scored, changes]
                 metrics.rescored = metrics.customers_updated
                 with metrics.timed("score"):
@@ -471,8 +472,9 @@ def make_batch_handler(
                     )
             with metrics.timed("writes"):
                 run_all(writes, metrics)
-            for frame in persisted:
-                frame.unpersist()
+            with metrics.timed("unpersist"):
+                for frame in persisted:
+                    frame.unpersist()
             crash_point("FLO_FAULT_AFTER_LOGS", batch_id)
 
             if needs_sweep:
