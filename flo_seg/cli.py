@@ -451,6 +451,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from batch.compact import compact_lake, compact_until_stopped
     from flo_seg.spark import build_session
 
+    if args.parent_pid is not None and args.every is None:
+        raise ValueError("--parent-pid only applies with --every (a compaction that runs until stopped)")
     spark = build_session(default_spark_settings("flo-seg-compact"))
     if args.every is not None:
         return compact_until_stopped(spark, _lake(args), args.every, parent_pid=args.parent_pid)

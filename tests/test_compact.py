@@ -24,6 +24,7 @@ from batch.compact import (
     reset_logs,
 )
 from batch.lake import append_table, overwrite_table, read_table
+from flo_seg import cli
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     COMPACTIONS,
@@ -223,3 +224,11 @@ def test_a_stream_whose_compaction_process_ended_compacts_in_a_thread(spark: Spa
     assert keep_compacting(running, spark, lake, 3600) is running
     running.stop(final=False)
     assert keep_compacting(None, spark, lake, 3600) is None
+
+
+def test_parent_pid_without_every_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--lake", str(tmp_path / "lake"), "compact", "--parent-pid", "1"]) == 2
+    assert "--parent-pid only applies with --every" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
