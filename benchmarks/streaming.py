@@ -1268,20 +1268,21 @@ def _variants(text: str) -> tuple[str, ...]:
     return names
 
 
-def _designs(text: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = [n for n in names if n not in DESIGNS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown designs {unknown}; choose from {', '.join(DESIGNS)}")
-    return names
+def _one_or_more(allowed: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated, non-empty list of names out of `allowed`."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(p.strip() for p in text.split(",") if p.strip())
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
+        return names
+
+    return parse
 
 
-def _compactions(text: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = [n for n in names if n not in COMPACTION_PLACES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown compactions {unknown}; choose from {', '.join(COMPACTION_PLACES)}")
-    return names
+_designs = _one_or_more(DESIGNS, "designs")
+_compactions = _one_or_more(COMPACTION_PLACES, "compactions")
 
 
 def build_parser() -> argparse.ArgumentParser:
