@@ -161,6 +161,7 @@ class BenchSettings:
     designs: tuple[str, ...]
     compactions: tuple[str, ...] = ("thread",)
     compact_seconds: float = 10.0
+    compaction_nice: int = 19
     keep_topics: bool
     keep_runs: bool
 
@@ -558,11 +559,11 @@ def latency_label(design: str, rate: float, trigger_s: float, compaction: str) -
 
 
 def start_compaction(
-    spark: SparkSession, lake: LakeSettings, interval_s: float, compaction: str
+    spark: SparkSession, lake: LakeSettings, interval_s: float, compaction: str, niceness: int = 19
 ) -> Compactor | CompactionProcess:
     """The product's compaction for a latency run, where `compaction` says (as `flo-seg stream --compaction`)."""
     if compaction == PROCESS:
-        return CompactionProcess(spark, lake, interval_s)
+        return CompactionProcess(spark, lake, interval_s, niceness=niceness)
     return Compactor(spark, lake, interval_s).start()
 
 
@@ -939,7 +940,7 @@ def run_latency(
     query = start_design(spark, lake, stream_settings, design, recorder)
     compactor = None
     if design == PRODUCT:
-        compactor = start_compaction(spark, lake, stream_settings.compact_seconds, compaction)
+        compactor = start_compaction(spark, lake, stream_settings.compact_seconds, compaction, settings.compaction_nice)
     measured_from_ms = time.time() * 1000.0
     try:
         # Warm-up: the first batch loads the model and sweeps; measured events come after it committed.
@@ -1355,6 +1356,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--compact-seconds", type=float, default=10.0, help="the product's compaction interval (default 10)"
     )
+    runs.add_argument(
+        "--compaction-nice", type=int, default=19, help="the compaction process's nice level (default 19)"
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--work", type=Path, default=Path("/tmp/flo-sbench"), help="cached lakes, run copies, scratch")
     where.add_argument("--out", type=Path, default=None, help="JSON results; None: <work>/streaming-results.json")
@@ -1399,6 +1403,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         designs=args.designs,
         compactions=args.compaction,
         compact_seconds=args.compact_seconds,
+        compaction_nice=args.compaction_nice,
         keep_topics=args.keep_topics,
         keep_runs=args.keep_runs,
     )

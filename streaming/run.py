@@ -83,17 +83,18 @@ class CompactionProcess:
     ends it and compacts once more here.
     """
 
-    def __init__(self, spark: SparkSession, lake: LakeSettings, interval_s: float) -> None:
+    def __init__(self, spark: SparkSession, lake: LakeSettings, interval_s: float, *, niceness: int = 19) -> None:
         self.spark, self.lake = spark, lake
         command = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "compact"]
         command += ["--every", f"{interval_s:g}", "--parent-pid", str(os.getpid())]
         nice = shutil.which("nice")
         if nice is not None:
-            command = [nice, "-n", "19", *command]
+            command = [nice, "-n", str(niceness), *command]
         # The child imports what this process imports (a --py-files zip under spark-submit included).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen(command, env=env)
-        log.info("compaction every %gs in process %d%s", interval_s, self.process.pid, " (nice 19)" if nice else "")
+        niced = f" (nice {niceness})" if nice else ""
+        log.info("compaction every %gs in process %d%s", interval_s, self.process.pid, niced)
 
     def exit_code(self) -> int | None:
         """The child's exit code once it has ended, None while it runs."""
