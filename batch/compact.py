@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
 
+import psutil
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -283,21 +283,10 @@ def compact_until_stopped(
     compactor = Compactor(spark, lake, interval_s).start()
     orphaned = False
     while not stopping.wait(1.0):
-        if parent_pid is not None and not process_alive(parent_pid):
+        if parent_pid is not None and not psutil.pid_exists(parent_pid):
             log.info("process %d has exited: stopping the compaction", parent_pid)
             orphaned = True
             break
     compactor.stop(final=parent_pid is None or orphaned)
     log.info("compaction stopped (%d failed rounds)", compactor.failures)
     return 1 if compactor.failures else 0
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
