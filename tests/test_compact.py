@@ -232,3 +232,20 @@ def test_parent_pid_without_every_is_refused_before_any_work(
     assert cli.main(["--lake", str(tmp_path / "lake"), "compact", "--parent-pid", "1"]) == 2
     assert "--parent-pid only applies with --every" in capsys.readouterr().err
     assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compact", "--every", "inf"],
+        ["compact", "--every", "nan"],
+        ["compact", "--every", "0"],
+        ["stream", "--compact-seconds", "inf"],
+        ["stream", "--compact-seconds", "-1"],
+    ],
+)
+def test_compaction_intervals_must_be_finite(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "must be a finite number" in capsys.readouterr().err
