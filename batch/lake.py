@@ -6,7 +6,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
@@ -182,6 +183,48 @@ def upgrade_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
         )
 
 
+class ConcurrentWrites:
+    """Independent writes that run at once, each started as soon as what it writes is ready.
+
+    Each write runs inside `timed(name)` on a thread of its own. `wait()` blocks until every write
+    started so far has ended and raises the first failure; leaving the `with` block waits too, and an
+    exception from inside the block wins over a write's (the writes still end first, so nothing runs
+    on after the caller gave up).
+    """
+
+    def __init__(self, timed: Callable[[str], AbstractContextManager[object]], max_workers: int = 4) -> None:
+        self._timed = timed
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flo-seg-write")
+        self._futures: list[Future[None]] = []
+
+    def _run(self, name: str, write: Callable[[], object]) -> None:
+        with self._timed(name):
+            write()
+
+    def start(self, name: str, write: Callable[[], object]) -> None:
+        """Start `write` now, beside whatever the caller does next."""
+        self._futures.append(self._pool.submit(self._run, name, write))
+
+    def wait(self) -> None:
+        """Block until every started write has ended; raise the first failure."""
+        started, self._futures = self._futures, []
+        failures = [exc for exc in (future.exception() for future in started) if exc is not None]
+        if failures:
+            raise failures[0]
+
+    def __enter__(self) -> ConcurrentWrites:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self.wait()
+            else:
+                futures_wait(self._futures)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def write_concurrently(
     writes: dict[str, Callable[[], object]], timed: Callable[[str], AbstractContextManager[object]]
 ) -> None:
@@ -190,16 +233,11 @@ def write_concurrently(
     A Delta write of a small table is mostly driver-side latency (snapshot, commit, checkpoint), so
     writes to different tables overlap well even on two cores.
     """
-
-    def run(name: str, write: Callable[[], object]) -> None:
-        with timed(name):
-            write()
-
     if len(writes) <= 1:
         for name, write in writes.items():
-            run(name, write)
+            with timed(name):
+                write()
         return
-    with ThreadPoolExecutor(max_workers=len(writes), thread_name_prefix="flo-seg-write") as pool:
-        futures = [pool.submit(run, name, write) for name, write in writes.items()]
-    for future in futures:
-        future.result()
+    with ConcurrentWrites(timed, max_workers=len(writes)) as running:
+        for name, write in writes.items():
+            running.start(name, write)
