@@ -30,23 +30,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
 from batch.lake import (
+    ConcurrentWrites,
     append_once,
     ensure_table,
     latest_commit,
     read_table,
     table_exists,
     with_conflict_retry,
-    write_concurrently,
 )
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
@@ -380,6 +381,45 @@ class _Memo:
     loaded: bool = False
 
 
+def batch_summary(out: DataFrame) -> dict[str, Row]:
+    """Rows, orders and the latest order time per kind of the state step's output (runs the step)."""
+    summary = out.groupBy("kind").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("batch_orders").alias("orders"),
+        F.max("last_order_ts").alias("latest"),
+    )
+    return {r["kind"]: r for r in summary.collect()}
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What a micro-batch writes for its customers, built (not run) at one analysis date."""
+
+    as_of: dt.date
+    state: DataFrame  # their customer_state rows
+    scored: DataFrame  # persisted: features, segment, RFM, previous_segment
+    changes: DataFrame  # persisted: the segment changes among them
+
+    def unpersist(self) -> None:
+        """Drop the cached frames."""
+        self.changes.unpersist()
+        self.scored.unpersist()
+
+
+def scored_batch(
+    out: DataFrame, model: ScoringModel, as_of: dt.date, unacked: DataFrame | None, batch_id: int
+) -> ScoredBatch:
+    """The state step's customers scored with `model` at `as_of`, against the segment last published."""
+    state = as_customer_state(out, "segment", "model_version", "segment_seq", "segment_as_of")
+    previous = previous_segments(state, unacked)
+    scored = (
+        score_customers(state.drop("segment", "model_version"), model, F.lit(as_of))
+        .join(previous, "master_id")
+        .persist()
+    )
+    return ScoredBatch(as_of, state, scored, segment_change_rows(scored, batch_id).persist())
+
+
 def make_batch_handler(
     lake: LakeSettings,
     settings: StreamSettings,
@@ -404,77 +444,81 @@ def make_batch_handler(
             memo.swept = last_sweep(spark, lake)
             memo.loaded = True
         out = out_df.persist()
+        frames: ScoredBatch | None = None
         try:
-            summary = out.groupBy("kind").agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.sum("batch_orders").alias("orders"),
-                F.max("last_order_ts").alias("latest"),
-            )
-            with metrics.timed("state step"):
-                kinds = {r["kind"]: r for r in summary.collect()}
+            with metrics.timed("model check"):
+                model = models.current(spark, lake)
+            metrics.model_version = model.record.version
+            with metrics.timed("unacked"):
+                unacked = unacked_segments(spark, lake, settings, batch_id) if settings.available_now else None
+            assert memo.clock is not None
+
+            def summarise() -> dict[str, Row]:
+                with metrics.timed("state step"):
+                    return batch_summary(out)
+
+            # The state step's job runs on a thread of its own while this one builds the scoring frames
+            # over its output (Python and py4j work on the driver) at the clock's date so far; a batch
+            # that moves the date builds them again.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flo-seg-state") as pool:
+                summary = pool.submit(summarise)
+                with metrics.timed("plan"):
+                    frames = scored_batch(out, model, memo.clock.date(), unacked, batch_id)
+                kinds = summary.result()
             state_summary = kinds.get(STATE)
             metrics.quarantined = kinds[INVALID]["rows"] if INVALID in kinds else 0
             metrics.customers_updated = state_summary["rows"] if state_summary else 0
             metrics.valid = int(state_summary["orders"] or 0) if state_summary else 0
             metrics.events = metrics.valid + metrics.quarantined
-            assert memo.clock is not None
             clock = memo.clock
             if state_summary is not None and state_summary["latest"] is not None:
                 clock = max(clock, state_summary["latest"])
             metrics.clock = clock
-            with metrics.timed("model check"):
-                model = models.current(spark, lake)
-            metrics.model_version = model.record.version
             as_of = clock.date()
             wanted = (as_of, model.record.version)
             needs_sweep = memo.swept != wanted
+            if not metrics.customers_updated or frames.as_of != as_of:
+                frames.unpersist()
+                frames = None
+            if metrics.customers_updated and frames is None:
+                with metrics.timed("plan"):
+                    frames = scored_batch(out, model, as_of, unacked, batch_id)
+
+            def appending(rows: DataFrame, table: str, what: str) -> Callable[[], object]:
+                return lambda: append_once(rows, lake, table, batch_tag(app, what, batch_id), may_exist=may_be_replay)
+
+            def appending_log(rows: DataFrame, table: str) -> Callable[[], object]:
+                return lambda: append_log(rows, lake, table, "stream", app, batch_id, may_be_replay=may_be_replay)
+
             # The batch's writes are independent idempotent transactions on different tables (a replay
-            # recomputes the same rows from the state store), so they run at once; only a sweep, which
-            # reads what they wrote, and the clock after it wait.
-            writes: dict[str, Callable[[], object]] = {}
-            if metrics.quarantined:
-                quarantined = out.where(F.col("kind") == INVALID).select("quarantine.*")
-                writes["quarantine"] = lambda: append_once(
-                    quarantined, lake, QUARANTINE, batch_tag(app, "quarantine", batch_id), may_exist=may_be_replay
-                )
-            persisted: list[DataFrame] = []
-            if metrics.customers_updated:
-                with metrics.timed("unacked"):
-                    unacked = unacked_segments(spark, lake, settings, batch_id) if settings.available_now else None
-                with metrics.timed("plan"):  # building the frames (py4j calls, analysis), before any job
-                    state = as_customer_state(out, "segment", "model_version", "segment_seq", "segment_as_of")
-                    previous = previous_segments(state, unacked)
-                    scored = (
-                        score_customers(state.drop("segment", "model_version"), model, F.lit(as_of))
-                        .join(previous, "master_id")
-                        .persist()
-                    )
-                    changes = segment_change_rows(scored, batch_id).persist()
-                persisted += [scored, changes]
-                metrics.rescored = metrics.customers_updated
-                with metrics.timed("score"):
-                    metrics.changes = changes.count()
-                if metrics.changes and not (may_be_replay or needs_sweep):
-                    # On Kafka first: that is where a change is awaited, and the Delta appends below take
-                    # longer. Should they fail, the replay publishes the same change_ids again.
-                    with metrics.timed("publish"):
-                        publish_changes(changes, settings)
-                    crash_point("FLO_FAULT_AFTER_PUBLISH", "publish")
-                writes["state_log"] = lambda: append_log(
-                    state, lake, STATE_LOG, "stream", app, batch_id, may_be_replay=may_be_replay
-                )
-                writes["segment_log"] = lambda: append_log(
-                    scored, lake, SEGMENT_LOG, "stream", app, batch_id, may_be_replay=may_be_replay
-                )
-                if metrics.changes:
-                    writes["segment_changes"] = lambda: append_once(
-                        changes, lake, SEGMENT_CHANGES, batch_tag(app, "changes", batch_id), may_exist=may_be_replay
-                    )
-            with metrics.timed("writes"):
-                run_all(writes, metrics)
+            # recomputes the same rows from the state store), so each starts as soon as its rows are
+            # ready and runs beside the scoring and the publish; only a sweep, which reads what they
+            # wrote, and the clock after it wait for them.
+            with ConcurrentWrites(metrics.timed) as writes:
+                if metrics.quarantined:
+                    quarantined = out.where(F.col("kind") == INVALID).select("quarantine.*")
+                    writes.start("quarantine", appending(quarantined, QUARANTINE, "quarantine"))
+                if frames is not None:
+                    state, scored, changes = frames.state, frames.scored, frames.changes
+                    writes.start("state_log", appending_log(state, STATE_LOG))
+                    metrics.rescored = metrics.customers_updated
+                    with metrics.timed("score"):
+                        metrics.changes = changes.count()
+                    if metrics.changes and not (may_be_replay or needs_sweep):
+                        # On Kafka before the segment appends: that is where a change is awaited. Should
+                        # an append fail, the replay publishes the same change_ids again.
+                        with metrics.timed("publish"):
+                            publish_changes(changes, settings)
+                        crash_point("FLO_FAULT_AFTER_PUBLISH", "publish")
+                    writes.start("segment_log", appending_log(scored, SEGMENT_LOG))
+                    if metrics.changes:
+                        writes.start("segment_changes", appending(changes, SEGMENT_CHANGES, "changes"))
+                with metrics.timed("writes"):  # what the batch still waits for once it has published
+                    writes.wait()
             with metrics.timed("unpersist"):
-                for frame in persisted:
-                    frame.unpersist()
+                if frames is not None:
+                    frames.unpersist()
+                    frames = None
             crash_point("FLO_FAULT_AFTER_LOGS", batch_id)
 
             if needs_sweep:
@@ -495,16 +539,13 @@ def make_batch_handler(
             log.error("batch %d (%s) failed: %s", batch_id, where, exc)
             raise BatchFailed(f"batch {batch_id} ({where}) failed: {first_line(exc, type(exc).__name__)}") from exc
         finally:
+            if frames is not None:
+                frames.unpersist()
             out.unpersist()
         metrics.seconds = time.monotonic() - started
         on_metrics(metrics)
 
     return handle
-
-
-def run_all(writes: dict[str, Callable[[], object]], metrics: BatchMetrics) -> None:
-    """Run the batch's writes at once, each timed; the first failure is raised once all have ended."""
-    write_concurrently(writes, metrics.timed)
 
 
 def sweep(
