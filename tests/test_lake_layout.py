@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batch.compact import prepare_logs
 from batch.lake import append_table, ensure_table, latest_commit, overwrite_table, read_table, table_properties
 from batch.maintain import run_maintenance
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
-from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA, DATA_PROFILE, QUARANTINE, SEGMENT_CHANGES
+from schemas.tables import (
+    CUSTOMER_STATE,
+    CUSTOMER_STATE_SCHEMA,
+    DATA_PROFILE,
+    QUARANTINE,
+    SEGMENT_CHANGES,
+    SEGMENT_CHANGES_SCHEMA,
+    SEGMENT_LOG,
+    STATE_LOG,
+)
 from streaming.state import customer_order_deltas, merge_state
 
 DV = "delta.enableDeletionVectors"
@@ -198,3 +210,28 @@ def test_a_models_table_from_before_the_share_rule_keeps_its_versions(spark: Spa
     publish_model(spark, lake, new)
     assert current_model_record(spark, lake) == new
     assert stored_record(spark, lake, "v1").k_selection == (KCandidate(k=2, silhouette=0.41, cost=9.0),)
+
+
+def _last_add_stats(table_dir: Path) -> list[dict[str, Any]]:
+    """The statistics of the newest commit's added files, as Delta wrote them."""
+    newest = sorted((table_dir / "_delta_log").glob("*.json"))[-1]
+    adds = [json.loads(line)["add"] for line in newest.read_text().splitlines() if '"add"' in line]
+    assert adds
+    return [json.loads(add["stats"]) for add in adds]
+
+
+def test_the_logs_keep_row_counts_but_no_column_statistics(spark: SparkSession, lake: LakeSettings) -> None:
+    prepare_logs(spark, lake)
+    ensure_table(spark, lake, SEGMENT_CHANGES)
+    logged = state_rows(spark, 4).withColumn("batch_id", F.lit(7).cast("long")).withColumn("source", F.lit("stream"))
+    append_table(logged, lake, STATE_LOG)
+    stats = _last_add_stats(Path(lake.table(STATE_LOG)))
+    assert sum(s["numRecords"] for s in stats) == 4
+    assert not any(s.get("minValues") for s in stats)  # nothing per column: the logs are read by version
+    assert table_properties(spark, lake, SEGMENT_LOG)["delta.dataSkippingNumIndexedCols"] == "0"
+    # segment_changes, which users filter, keeps them.
+    change = spark.createDataFrame(
+        [("c1", "m1", None, "champions", "v1", UPDATED.date(), UPDATED, 7)], SEGMENT_CHANGES_SCHEMA
+    )
+    append_table(change, lake, SEGMENT_CHANGES)
+    assert all(s["minValues"] for s in _last_add_stats(Path(lake.table(SEGMENT_CHANGES))))
