@@ -6,14 +6,14 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
 from py4j.java_gateway import JavaObject
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from batch.lake import read_table, table_exists
 from flo_seg.errors import first_line
@@ -22,7 +22,7 @@ from schemas.tables import TABLE_SCHEMAS
 
 FORMATS = ("table", "csv", "json")
 
-_REFUSED = "only read-only queries over the lake's tables are allowed"
+REFUSED = "only read-only queries over the lake's tables are allowed"
 _LOGICAL = "org.apache.spark.sql.catalyst.plans.logical."
 _ANALYSIS = "org.apache.spark.sql.catalyst.analysis."
 _EXPRESSIONS = "org.apache.spark.sql.catalyst.expressions."
@@ -152,7 +152,7 @@ class _ReadOnlyCheck:
     """Walks a parsed plan, its CTE definitions and the plans of subqueries inside expressions."""
 
     def __init__(self, spark: SparkSession, sql: str, tables: Collection[str]) -> None:
-        self._head = _statement_head(sql)
+        self._head = statement_head(sql)
         # Relation names resolve as the analyzer will: case-insensitively unless the session says otherwise.
         self._is_case_sensitive = spark.conf.get("spark.sql.caseSensitive") == "true"
         self._tables = frozenset(self._key(t) for t in tables)
@@ -173,7 +173,7 @@ class _ReadOnlyCheck:
         return name if self._is_case_sensitive else name.lower()
 
     def _refuse(self, reason: str) -> QueryRefused:
-        return QueryRefused(f"{_REFUSED}; {reason}")
+        return QueryRefused(f"{REFUSED}; {reason}")
 
     def plan(self, node: JavaObject, ctes: frozenset[str]) -> None:
         """Check one plan node, then its expressions and children, with the CTE names in scope."""
@@ -252,7 +252,7 @@ def _scala_items(collection: JavaObject) -> Iterator[JavaObject]:
         yield iterator.next()
 
 
-def _statement_head(sql: str, width: int = 60) -> str:
+def statement_head(sql: str, width: int = 60) -> str:
     text = " ".join(sql.split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -276,13 +276,17 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def write_result(df: DataFrame, fmt: str, limit: int, out: TextIO | None = None) -> int:
-    """Print up to `limit` rows as an aligned table, CSV or JSON lines; returns the rows printed."""
+    """Print up to `limit` rows of a Spark result; returns the rows printed."""
+    return write_rows(df.columns, df.limit(limit).collect(), fmt, out)
+
+
+def write_rows(columns: Sequence[str], rows: Sequence[Sequence[object]], fmt: str, out: TextIO | None = None) -> int:
+    """Print rows as an aligned table, CSV or JSON lines; returns the rows printed."""
     out = out or sys.stdout
-    rows = df.limit(limit).collect()
-    columns = df.columns
     if fmt == "json":
         for r in rows:
-            out.write(json.dumps(r.asDict(recursive=True), default=str, ensure_ascii=False) + "\n")
+            record = dict(zip(columns, [_json(v) for v in r], strict=True))
+            out.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
     elif fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(columns)
@@ -296,6 +300,17 @@ def write_result(df: DataFrame, fmt: str, limit: int, out: TextIO | None = None)
             out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
     return len(rows)
+
+
+def _json(value: object) -> object:
+    """Nested Spark rows as objects, as `Row.asDict(recursive=True)` gives them."""
+    if isinstance(value, Row):
+        return {k: _json(v) for k, v in value.asDict().items()}
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    return value
 
 
 def _text(value: object) -> str:
