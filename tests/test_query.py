@@ -14,6 +14,7 @@ from pyspark.sql import Row, SparkSession
 
 from batch.lake import overwrite_table, read_table
 from batch.query import QueryRefused, query_session, run_query
+from batch.query_native import run_native_query
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
 from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_SEGMENTS_SCHEMA, CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA
@@ -261,7 +262,7 @@ def test_cli_prints_one_line_and_exits_2(
     error: str,
 ) -> None:
     partitions = spark.conf.get("spark.sql.shuffle.partitions")
-    assert cli.main(["--lake", lake.root, "query", sql]) == 2
+    assert cli.main(["--lake", lake.root, "query", "--engine", "spark", sql]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
@@ -270,3 +271,195 @@ def test_cli_prints_one_line_and_exits_2(
     assert lake_state(spark, lake) == original
     # The CLI joined the test session without reconfiguring it.
     assert spark.conf.get("spark.sql.shuffle.partitions") == partitions
+
+
+# The native engine: DataFusion through delta-rs, no JVM; the lake above is written by Spark.
+
+
+def native_lines(lake: LakeSettings, sql: str, fmt: str = "csv") -> list[str]:
+    out = io.StringIO()
+    run_native_query(lake, sql, fmt=fmt, limit=100, out=out)
+    return out.getvalue().splitlines()
+
+
+def spark_lines(spark: SparkSession, lake: LakeSettings, sql: str, fmt: str) -> list[str]:
+    out = io.StringIO()
+    assert run_query(spark, lake, sql, fmt=fmt, limit=100, out=out) > 0
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT * FROM customer_segments ORDER BY master_id", id="every-column"),
+        pytest.param(
+            "SELECT master_id, order_channel, first_order_date, interested_in_categories_12, updated_at "
+            "FROM customer_state ORDER BY master_id",
+            id="dates-lists-timestamps",
+        ),
+        pytest.param(
+            "SELECT s.segment, count(*) AS customers, avg(s.monetary) AS mean_monetary, "
+            "sum(c.order_num_total_ever_online + c.order_num_total_ever_offline) AS orders "
+            "FROM customer_state c JOIN customer_segments s ON c.master_id = s.master_id "
+            "GROUP BY s.segment ORDER BY s.segment",
+            id="join-group-by",
+        ),
+        pytest.param(
+            "WITH ranked AS (SELECT master_id, segment, "
+            "row_number() OVER (PARTITION BY segment ORDER BY monetary DESC) AS rank FROM customer_segments) "
+            "SELECT segment, master_id FROM ranked WHERE rank = 1 ORDER BY segment",
+            id="cte-window",
+        ),
+        pytest.param(
+            "SELECT master_id, (SELECT max(recency) FROM customer_segments) AS max_recency FROM customer_state c "
+            "WHERE master_id IN (SELECT master_id FROM customer_segments WHERE segment = 'champions') "
+            "AND EXISTS (SELECT 1 FROM customer_segments s WHERE s.master_id = c.master_id AND s.recency > 100)",
+            id="subqueries",
+        ),
+    ],
+)
+def test_the_native_engine_prints_what_spark_prints(
+    spark: SparkSession, lake: LakeSettings, sql: str, fmt: str
+) -> None:
+    expected = spark_lines(spark, lake, sql, fmt)
+    assert native_lines(lake, sql, fmt) == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        pytest.param(
+            "SELECT master_id, unnest(interested_in_categories_12) AS category FROM customer_state "
+            "ORDER BY master_id, category",
+            ["master_id,category", "c1,ERKEK", "c1,KADIN"],
+            id="unnest",
+        ),
+        pytest.param("SELECT value FROM generate_series(1, 3)", ["value", "1", "2", "3"], id="generate-series"),
+        pytest.param("SELECT count(*) AS n FROM CUSTOMER_STATE", ["n", "3"], id="names-fold-to-lower-case"),
+        pytest.param("VALUES (1, 'a')", ["column1,column2", "1,a"], id="values"),
+        pytest.param(
+            "(SELECT master_id FROM customer_state WHERE master_id = 'c1') UNION ALL "
+            "(SELECT master_id FROM customer_segments WHERE cluster = 1)",
+            ["master_id", "c1", "c2"],
+            id="union",
+        ),
+    ],
+)
+def test_native_queries_return_their_rows(lake: LakeSettings, sql: str, expected: list[str]) -> None:
+    assert native_lines(lake, sql) == expected
+
+
+def test_native_limit_stops_early(lake: LakeSettings) -> None:
+    out = io.StringIO()
+    assert run_native_query(lake, "SELECT value FROM generate_series(1, 100000)", fmt="csv", limit=2, out=out) == 2
+    assert out.getvalue().splitlines() == ["value", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("DELETE FROM customer_state", "`DELETE FROM customer_state` is a command (DELETE), not a query"),
+        ("UPDATE customer_state SET order_channel = 'x'", "is a command (UPDATE)"),
+        ("INSERT INTO customer_segments SELECT * FROM customer_segments", "is a command (INSERT)"),
+        ("DROP TABLE customer_state", "is a command (DROP)"),
+        ("CREATE TABLE stolen AS SELECT * FROM customer_state", "is a command (CREATE)"),
+        ("CREATE VIEW v AS SELECT * FROM customer_state", "is a command (CREATE)"),
+        ("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{secret}'", "is a command (CREATE)"),
+        ("COPY (SELECT * FROM customer_state) TO '{outside}/copy.csv'", "is a command (COPY)"),
+        ("COPY customer_state TO '{outside}/copy.parquet'", "is a command (COPY)"),
+        ("SET datafusion.catalog.information_schema = true", "is a command (SET)"),
+        ("PREPARE p AS SELECT * FROM customer_state", "is a command (PREPARE)"),
+        ("EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}/explain.csv'", "is a command (EXPLAIN)"),
+        ("SHOW TABLES", "is a command (SHOW)"),
+        ("SELECT * INTO stolen FROM customer_state", "SELECT ... INTO creates a table"),
+        ("SELECT 1; DELETE FROM customer_state", "holds 2 statements, one query is allowed"),
+        ("SELECT * FROM '{secret}'", 'it reads "{secret}", which is not one of the lake\'s tables'),
+        ("SELECT * FROM datafusion.public.customer_state", "it reads datafusion.public.customer_state"),
+        ("SELECT * FROM information_schema.tables", "it reads information_schema.tables"),
+        ("SELECT * FROM read_csv('{secret}')", "table function read_csv() is not one of the row generators"),
+        ("WITH f AS (SELECT * FROM '{secret}') SELECT * FROM f", 'it reads "{secret}"'),
+        (
+            "SELECT master_id FROM customer_state WHERE master_id IN (SELECT * FROM '{secret}')",
+            'it reads "{secret}"',
+        ),
+        ("SELECT * FROM customers", "it reads customers, which is not one of the lake's tables: " + LAKE_TABLES),
+    ],
+)
+def test_native_refuses_everything_else_before_it_runs(
+    spark: SparkSession,
+    lake: LakeSettings,
+    original: LakeState,
+    secret: Path,
+    tmp_path: Path,
+    sql: str,
+    reason: str,
+) -> None:
+    statement = sql.format(secret=secret, outside=tmp_path)
+    with pytest.raises(QueryRefused) as refused:
+        run_native_query(lake, statement, fmt="csv", limit=10, out=io.StringIO())
+    message = str(refused.value)
+    assert message.startswith(REFUSED)
+    assert reason.format(secret=secret) in message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+    assert lake_state(spark, lake) == original
+
+
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("SELEC * FROM customer_state", "the statement cannot be parsed: "),
+        ("SELECT nope FROM customer_state", "Schema error: No field named nope"),
+        ("SELECT 1 / 0 AS x", "External error: Arrow error: Divide by zero error"),
+        ("SELECT nofunc(1)", "Error during planning: Invalid function 'nofunc'"),
+        ("   ", "the statement is empty"),
+    ],
+)
+def test_native_errors_are_one_line(lake: LakeSettings, sql: str, error: str) -> None:
+    with pytest.raises(ValueError) as failed:
+        run_native_query(lake, sql, fmt="csv", limit=10, out=io.StringIO())
+    message = str(failed.value)
+    assert message.startswith(error)
+    assert "\n" not in message
+
+
+def test_the_native_engine_reads_deletion_vectors(spark: SparkSession, tmp_path: Path) -> None:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    rows = [
+        (f"c{i}", "champions", 0, "v1", i, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED, 0) for i in range(6)
+    ]
+    overwrite_table(spark.createDataFrame(rows, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)
+    spark.sql(f"DELETE FROM delta.`{lake.table(CUSTOMER_SEGMENTS)}` WHERE recency IN (1, 4)")
+    assert list(Path(lake.table(CUSTOMER_SEGMENTS)).glob("deletion_vector_*.bin"))
+    assert native_lines(lake, "SELECT master_id FROM customer_segments ORDER BY master_id") == [
+        "master_id",
+        *(f"c{i}" for i in (0, 2, 3, 5)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("DELETE FROM customer_state", REFUSED + "`DELETE FROM customer_state` is a command (DELETE)"),
+        ("SELECT * FRM customer_state", "the statement cannot be parsed: "),
+    ],
+)
+def test_cli_runs_the_native_engine_by_default(
+    spark: SparkSession,
+    lake: LakeSettings,
+    original: LakeState,
+    capsys: pytest.CaptureFixture[str],
+    sql: str,
+    error: str,
+) -> None:
+    query = "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY segment"
+    assert cli.main(["--lake", lake.root, "query", query, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["segment,customers", "at_risk,1", "champions,2"]
+    assert cli.main(["--lake", lake.root, "query", sql]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"flo-seg query: error: {error}")
+    assert lake_state(spark, lake) == original
