@@ -39,8 +39,13 @@ def lake_tables(lake: LakeSettings) -> dict[str, DeltaTable]:
     tables = {}
     for name in TABLE_SCHEMAS:
         path = lake.table(name)
-        if DeltaTable.is_deltatable(path):
-            tables[name] = DeltaTable(path)
+        try:
+            if DeltaTable.is_deltatable(path):
+                tables[name] = DeltaTable(path)
+        except (DeltaError, OSError) as exc:  # a scheme or a store delta-rs cannot reach
+            raise ValueError(
+                f"the native engine cannot open {path}: {first_line(exc, type(exc).__name__)}; try --engine spark"
+            ) from None
     return tables
 
 

@@ -463,3 +463,11 @@ def test_cli_runs_the_native_engine_by_default(
     assert len(lines) == 1
     assert lines[0].startswith(f"flo-seg query: error: {error}")
     assert lake_state(spark, lake) == original
+
+
+def test_a_lake_the_native_engine_cannot_open_names_the_spark_engine() -> None:
+    lake = LakeSettings(root="hdfs://namenode.invalid:8020/lake")
+    with pytest.raises(ValueError, match=r"^the native engine cannot open hdfs://namenode\.invalid:8020/lake/\w+: "):
+        run_native_query(lake, "SELECT 1", fmt="csv", limit=1, out=io.StringIO())
+    with pytest.raises(ValueError, match=r"; try --engine spark$"):
+        run_native_query(lake, "SELECT 1", fmt="csv", limit=1, out=io.StringIO())
