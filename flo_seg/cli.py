@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
@@ -66,23 +68,85 @@ def _interval(text: str) -> str:
     return f"{int(match[1])} {match[2]}s"
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that suggests the nearest command, choice or flag when one is mistyped."""
+
+    _given: tuple[str, ...] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # The subcommand's own parser knows its flags, and its usage line is the one to show.
+            command = self._commands().get(getattr(parsed, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            message += _did_you_mean(match["given"], [c.strip("'\" ") for c in match["choices"].split(",")])
+        if not self._commands():  # a command's parser: every flag it was given should be one of its own
+            flags = list(self._option_string_actions)
+            for token in self._given:
+                name = token.split("=", 1)[0]
+                if name.startswith("--") and not any(flag.startswith(name) for flag in flags):
+                    message += _did_you_mean(name, flags, given=name)
+        super().error(message)
+
+    def _commands(self) -> dict[str, argparse.ArgumentParser]:
+        return {
+            name: sub
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()
+        }
+
+
+def _did_you_mean(word: str, candidates: Sequence[str], given: str | None = None) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]} for {given}?)" if given else f" (did you mean {close[0]}?)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; `--help` works on each."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flo-seg",
         description="FLO customer segmentation: batch RFM + clustering on Spark, Delta tables under a lake.",
     )
-    parser.add_argument("--lake", default=None, help="lake root for the Delta tables (env FLO_LAKE, default ./lake)")
+    lake_help = "lake root for the Delta tables (env FLO_LAKE, default ./lake)"
+    parser.add_argument("--lake", default=None, help=lake_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The global options are accepted after the command too (`flo-seg train --history X --lake Y`); there
+    # they only override what was given before it.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    lake = _Parser(add_help=False, parents=[verbose])
+    lake.add_argument("--lake", default=argparse.SUPPRESS, help=lake_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser("generate", help="write a synthetic history CSV calibrated to the FLO data")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[verbose if name == "generate" else lake], **kwargs)
+
+    gen = command("generate", help="write a synthetic history CSV calibrated to the FLO data")
     gen.add_argument("--customers", type=_positive_int, default=50_000, help="rows to write (default 50000)")
     gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     gen.add_argument("--out", required=True, help="CSV path to write")
     gen.add_argument("--chunk-size", type=_positive_int, default=250_000, help="rows per chunk held in memory")
 
-    train = sub.add_parser("train", help="validate history, train a model version, segment every customer")
+    train = command("train", help="validate history, train a model version, segment every customer")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", help="customer history CSV (the 12 FLO columns)")
     source.add_argument("--from-lake", action="store_true", help="retrain on the lake's current customer_state")
@@ -131,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fits from different starts per k, lowest cost kept (default {chosen.restarts})",
     )
 
-    rescore = sub.add_parser("rescore", help="apply the current model to every customer (recency ages)")
+    rescore = command("rescore", help="apply the current model to every customer (recency ages)")
     rescore.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
 
-    report = sub.add_parser("report", help="write the HTML + Markdown report with plots")
+    report = command("report", help="write the HTML + Markdown report with plots")
     report.add_argument("--out", default="reports", help="output folder (default ./reports)")
 
-    query = sub.add_parser(
+    query = command(
         "query",
         help="run one read-only SQL query over the lake's tables (registered by name)",
         description="Print the result of one read-only SQL query over the lake's Delta tables, each registered "
@@ -154,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)")
-    maintain = sub.add_parser(
+    maintain = command(
         "maintain",
         help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
         description="Compact the small files every micro-batch adds and rewrite files whose deletion vectors "
@@ -176,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     maintain.add_argument("--no-vacuum", action="store_true", help="only OPTIMIZE")
 
-    stream = sub.add_parser("stream", help="consume order events from Kafka and keep segments current")
+    stream = command("stream", help="consume order events from Kafka and keep segments current")
     stream.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
     stream.add_argument("--topic", default="flo.orders", help="order events topic (default flo.orders)")
     stream.add_argument(
@@ -239,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _kafka_option_flags(stream)
 
-    compact = sub.add_parser(
+    compact = command(
         "compact",
         help="bring customer_state and customer_segments current from the stream's logs (the stream does it too)",
     )
@@ -260,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then ends the current round only, since that stream compacts once more itself",
     )
 
-    produce = sub.add_parser("produce", help="send order events for the lake's customers to Kafka")
+    produce = command("produce", help="send order events for the lake's customers to Kafka")
     produce.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
     produce.add_argument("--topic", default="flo.orders", help="topic (default flo.orders)")
     produce.add_argument("--events", type=_positive_int, default=None, help="stop after this many events")

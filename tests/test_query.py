@@ -454,7 +454,7 @@ def test_cli_runs_the_native_engine_by_default(
     error: str,
 ) -> None:
     query = "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY segment"
-    assert cli.main(["--lake", lake.root, "query", query, "--format", "csv"]) == 0
+    assert cli.main(["query", query, "--format", "csv", "--lake", lake.root]) == 0
     assert capsys.readouterr().out.splitlines() == ["segment,customers", "at_risk,1", "champions,2"]
     assert cli.main(["--lake", lake.root, "query", sql]) == 2
     captured = capsys.readouterr()
