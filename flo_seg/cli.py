@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
+from flo_seg.logs import setup_logging
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
 from streaming.events import DEFAULT_DEDUPE_WINDOW
 
@@ -599,13 +600,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `flo-seg` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("py4j", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         if args.command != "generate":
             _lake(args)  # a lake that cannot be one is refused before a Spark session starts

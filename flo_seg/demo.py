@@ -23,6 +23,8 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
+from flo_seg.logs import setup_logging
+
 log = logging.getLogger("flo_seg.demo")
 
 
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         help="event time from one order to the next (default 1/rate: live orders, event time runs with the "
         "clock; e.g. 120 replays a month a minute, and every new event day is an aging sweep)",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, kafka-python's included")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     settings = DemoSettings(
         workdir=Path(args.workdir).resolve(),
         customers=args.customers,

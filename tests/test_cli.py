@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from flo_seg import cli
+from flo_seg.logs import NOISY_LIBRARIES, setup_logging
 
 
 @pytest.mark.parametrize(
@@ -66,3 +69,17 @@ def test_no_suggestion_when_nothing_is_close(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--history", "h.csv", "--bogus"])
     assert capsys.readouterr().err.splitlines()[-1] == "flo-seg train: error: unrecognized arguments: --bogus"
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(False, logging.WARNING), (True, logging.DEBUG)])
+def test_library_chatter_is_off_unless_verbose(verbose: bool, level: int) -> None:
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in NOISY_LIBRARIES)]
+    before = [logger.level for logger in loggers]
+    try:
+        setup_logging(verbose)
+        assert logging.getLogger("kafka.conn").getEffectiveLevel() == level
+        assert logging.getLogger("py4j.clientserver").getEffectiveLevel() == level
+        assert logging.getLogger("flo_seg.demo").isEnabledFor(logging.INFO)
+    finally:
+        for logger, old in zip(loggers, before, strict=True):
+            logger.setLevel(old)
