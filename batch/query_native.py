@@ -64,7 +64,8 @@ def check_read_only(sql: str, tables: frozenset[str]) -> None:
         raise QueryRefused(f"{REFUSED}; `{head}` holds {len(statements)} statements, one query is allowed")
     statement = statements[0]
     if isinstance(statement, _STATEMENTS) or tokens[0].token_type not in _QUERY_STARTS:
-        raise QueryRefused(f"{REFUSED}; `{head}` is a command ({tokens[0].text.upper()}), not a query")
+        kind = tokens[0].text if tokens[0].token_type not in _QUERY_STARTS else statement.key
+        raise QueryRefused(f"{REFUSED}; `{head}` is a command ({kind.upper()}), not a query")
     if not isinstance(statement, (exp.Query, exp.Values)):
         raise QueryRefused(f"{REFUSED}; `{head}` is not a query")
     ctes = {_key(cte.args["alias"].this) for cte in statement.find_all(exp.CTE) if cte.args.get("alias")}

@@ -338,6 +338,8 @@ def test_the_native_engine_prints_what_spark_prints(
         pytest.param("SELECT value FROM generate_series(1, 3)", ["value", "1", "2", "3"], id="generate-series"),
         pytest.param("SELECT count(*) AS n FROM CUSTOMER_STATE", ["n", "3"], id="names-fold-to-lower-case"),
         pytest.param("VALUES (1, 'a')", ["column1,column2", "1,a"], id="values"),
+        # A backslash escapes nothing, for the check as for DataFusion: the quote ends the string, the rest is a comment.
+        pytest.param("SELECT 'a\\' AS x, 1 AS y --'; DROP TABLE customer_state", ["x,y", "a\\,1"], id="backslash"),
         pytest.param(
             "(SELECT master_id FROM customer_state WHERE master_id = 'c1') UNION ALL "
             "(SELECT master_id FROM customer_segments WHERE cluster = 1)",
@@ -374,6 +376,9 @@ def test_native_limit_stops_early(lake: LakeSettings) -> None:
         ("SHOW TABLES", "is a command (SHOW)"),
         ("SELECT * INTO stolen FROM customer_state", "SELECT ... INTO creates a table"),
         ("SELECT 1; DELETE FROM customer_state", "holds 2 statements, one query is allowed"),
+        ("WITH a AS (SELECT 1 AS x) INSERT INTO customer_state SELECT * FROM a", "is a command (INSERT)"),
+        ("/* a comment */ COPY (SELECT 1) TO '{outside}/commented.csv'", "is a command (COPY)"),
+        ("VALUES (1); COPY (SELECT 1) TO '{outside}/second.csv'", "holds 2 statements"),
         ("SELECT * FROM '{secret}'", 'it reads "{secret}", which is not one of the lake\'s tables'),
         ("SELECT * FROM datafusion.public.customer_state", "it reads datafusion.public.customer_state"),
         ("SELECT * FROM information_schema.tables", "it reads information_schema.tables"),
