@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
 from flo_seg.logs import setup_logging
+from flo_seg.progress import progress
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
 from streaming.events import DEFAULT_DEDUPE_WINDOW
 
@@ -388,14 +389,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from batch.generate import write_history_csv
 
     started = time.monotonic()
+    with progress("generate", args.customers, "customers", log) as bar:
 
-    def progress(done: int, total: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-9)
-        log.info("generated %d/%d customers (%.0f rows/s)", done, total, rate)
+        def report(done: int, total: int) -> None:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            bar.update(done, f"generated {done}/{total} customers ({rate:.0f} rows/s)")
 
-    rows = write_history_csv(
-        args.out, customers=args.customers, seed=args.seed, chunk_size=args.chunk_size, progress=progress
-    )
+        rows = write_history_csv(
+            args.out, customers=args.customers, seed=args.seed, chunk_size=args.chunk_size, progress=report
+        )
     print(f"wrote {rows} customers to {args.out} in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -573,10 +575,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     profiles = load_profiles(spark, _lake(args), sample=args.customers_sample)
     spark.stop()
 
-    def progress(p: ProduceProgress) -> None:
-        log.info("sent %d events (%.0f/s), event time %s", p.sent, p.rate, p.clock_ts)
+    with progress("produce", args.events, "events", log) as bar:
 
-    summary = run_produce(settings, profiles, progress=progress)
+        def report(p: ProduceProgress) -> None:
+            line = f"sent {p.sent} events ({p.rate:.0f}/s), event time {p.clock_ts}"
+            bar.update(p.sent, line, rate=f"{p.rate:.0f}/s", event_time=f"{p.clock_ts:%Y-%m-%d %H:%M}")
+
+        summary = run_produce(settings, profiles, progress=report)
     print(f"sent {summary.sent} events in {summary.elapsed_s:.1f}s ({summary.rate:.0f}/s), {summary.failed} failed")
     for kind, n in sorted(summary.counts.items()):
         print(f"  {kind:<36} {n:>9}")

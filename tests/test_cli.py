@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 
 from flo_seg import cli
 from flo_seg.logs import NOISY_LIBRARIES, setup_logging
+from flo_seg.progress import progress
 
 
 @pytest.mark.parametrize(
@@ -83,3 +87,47 @@ def test_library_chatter_is_off_unless_verbose(verbose: bool, level: int) -> Non
     finally:
         for logger, old in zip(loggers, before, strict=True):
             logger.setLevel(old)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_generate_draws_a_bar_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with caplog.at_level(logging.INFO, logger="flo_seg"):
+        assert (
+            cli.main(["generate", "--customers", "3000", "--chunk-size", "1000", "--out", str(tmp_path / "h.csv")]) == 0
+        )
+    drawn = terminal.getvalue()
+    assert "generate: 100%" in drawn
+    assert "3.00k/3.00k" in drawn
+    assert "generated" not in caplog.text  # the bar replaces the log lines
+
+
+def test_generate_logs_plain_lines_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", elsewhere)
+    with caplog.at_level(logging.INFO, logger="flo_seg"):
+        assert (
+            cli.main(["generate", "--customers", "3000", "--chunk-size", "1000", "--out", str(tmp_path / "h.csv")]) == 0
+        )
+    assert "%|" not in elsewhere.getvalue()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generated")]
+    assert [line.split(" (")[0] for line in lines] == [f"generated {n}/3000 customers" for n in (1000, 2000, 3000)]
+
+
+def test_an_open_ended_bar_counts_and_shows_its_postfix(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress("produce", None, "events", logging.getLogger("flo_seg")) as bar:
+        bar.update(1500, "sent 1500 events", rate="750/s", event_time="2021-06-01 10:00")
+    drawn = terminal.getvalue()
+    assert "produce: 1.50k events" in drawn
+    assert "rate=750/s, event_time=2021-06-01 10:00" in drawn
