@@ -246,6 +246,15 @@ def test_the_query_session_cannot_read_files_by_path(
     assert spark.conf.get("spark.sql.runSQLOnFiles") == "true"
 
 
+def assert_one_error_line(capsys: pytest.CaptureFixture[str], error: str) -> None:
+    """The CLI printed nothing on stdout and one line on stderr, starting with `error`."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"flo-seg query: error: {error}")
+
+
 @pytest.mark.parametrize(
     ("sql", "error"),
     [
@@ -263,11 +272,7 @@ def test_cli_prints_one_line_and_exits_2(
 ) -> None:
     partitions = spark.conf.get("spark.sql.shuffle.partitions")
     assert cli.main(["--lake", lake.root, "query", "--engine", "spark", sql]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith(f"flo-seg query: error: {error}")
+    assert_one_error_line(capsys, error)
     assert lake_state(spark, lake) == original
     # The CLI joined the test session without reconfiguring it.
     assert spark.conf.get("spark.sql.shuffle.partitions") == partitions
@@ -462,11 +467,7 @@ def test_cli_runs_the_native_engine_by_default(
     assert cli.main(["query", query, "--format", "csv", "--lake", lake.root]) == 0
     assert capsys.readouterr().out.splitlines() == ["segment,customers", "at_risk,1", "champions,2"]
     assert cli.main(["--lake", lake.root, "query", sql]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith(f"flo-seg query: error: {error}")
+    assert_one_error_line(capsys, error)
     assert lake_state(spark, lake) == original
 
 
