@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
 from flo_seg.logs import setup_logging
-from flo_seg.progress import progress
 from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
 from streaming.events import DEFAULT_DEDUPE_WINDOW
 
@@ -387,6 +386,7 @@ def _lake(args: argparse.Namespace) -> LakeSettings:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write the built-in synthetic history."""
     from batch.generate import write_history_csv
+    from flo_seg.progress import progress
 
     started = time.monotonic()
     with progress("generate", args.customers, "customers", log) as bar:
@@ -552,6 +552,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send order events and print what was sent."""
+    from flo_seg.progress import progress
     from flo_seg.spark import build_session
     from streaming.produce import ProduceProgress, ProduceSettings, load_profiles, run_produce
     from streaming.run import read_kafka_options
