@@ -11,9 +11,9 @@ SPARK_JARS  := delta-spark_4.2_2.13,delta-storage,delta-kernel-api,delta-kernel-
 
 export FLO_LAKE       ?= $(CURDIR)/lake
 export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
-export FLO_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
-export FLO_KAFKA_PORT ?= 9092
-export FLO_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(FLO_KAFKA_PORT)
+export FLO_STACK_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
+export FLO_STACK_KAFKA_PORT ?= 9092
+export FLO_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(FLO_STACK_KAFKA_PORT)
 
 
 .PHONY: help
@@ -98,7 +98,7 @@ clean: ## Remove the lake, checkpoints, generated data and reports (keeps .venv 
 
 # ---------------------------------------------------------------- local Kafka stack
 # One KRaft broker+controller as a plain Java process (no Docker); config, data, log and pid live in
-# .stack/kafka (FLO_STACK_DIR), the port is FLO_KAFKA_PORT (default 9092). See flo_seg/stack.py.
+# .stack/kafka (FLO_STACK_DIR), the port is FLO_STACK_KAFKA_PORT (default 9092). See flo_seg/stack.py.
 # stack-down and stack-status need only the venv: re-resolving .jars/kafka (which first deletes it)
 # under a running broker must not be the first step of stopping it.
 .PHONY: stack-up
@@ -136,7 +136,8 @@ docker-lint: $(VENV)/.installed ## Static checks of docker/ (compose config, had
 # ---------------------------------------------------------------- local Spark standalone cluster
 # One master and two one-core workers as separate JVMs from the pyspark installation's spark-class, on
 # 127.0.0.1; pid files, logs and work dirs live in .stack/spark (FLO_STACK_DIR), ports are
-# FLO_SPARK_MASTER_PORT (7077), FLO_SPARK_MASTER_WEBUI_PORT (8080), FLO_SPARK_WORKER_WEBUI_PORT (8081+).
+# FLO_STACK_SPARK_MASTER_PORT (7077), FLO_STACK_SPARK_MASTER_WEBUI_PORT (8080),
+# FLO_STACK_SPARK_WORKER_WEBUI_PORT (8081+).
 # cluster-submit ships the project as a zip (--py-files) and .jars/spark (--jars). See flo_seg/cluster.py.
 .PHONY: cluster-up
 cluster-up: $(VENV)/.installed ## Start the local Spark standalone master + 2 workers (idempotent)

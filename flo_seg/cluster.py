@@ -16,7 +16,7 @@ process group, so `down` also ends the executors and Python workers a worker sta
 - a tiny launcher beside it as the primary resource, which calls `flo_seg.cli.main(argv)`;
 - the Delta and Kafka connector jars of `.jars/spark` (FLO_JARS_DIR) through `--jars`;
 - `spark.pyspark.python`: the interpreter of driver and executors' Python workers. On this single machine
-  it is the .venv's python (FLO_CLUSTER_PYTHON / --python to change), which has the third-party deps
+  it is the .venv's python (FLO_STACK_CLUSTER_PYTHON / --python to change), which has the third-party deps
   (pyspark, numpy, pandas, pyarrow, scipy). On a real cluster, ship a packed environment instead::
 
       python -m venv /tmp/env && /tmp/env/bin/pip install pyspark==4.2.0 numpy pandas pyarrow scipy \\
@@ -375,8 +375,8 @@ def up(settings: ClusterSettings) -> dict[str, Any]:
                     if is_port_taken(settings.host, port):
                         raise ClusterError(
                             f"{daemon.name} {kind} {port} on {settings.host} is already in use by another "
-                            "process; stop it or choose other ports (FLO_SPARK_MASTER_PORT, "
-                            "FLO_SPARK_MASTER_WEBUI_PORT, FLO_SPARK_WORKER_WEBUI_PORT)"
+                            "process; stop it or choose other ports (FLO_STACK_SPARK_MASTER_PORT, "
+                            "FLO_STACK_SPARK_MASTER_WEBUI_PORT, FLO_STACK_SPARK_WORKER_WEBUI_PORT)"
                         )
         settings.settings_path.write_text(settings.as_json(), encoding="utf-8")
         started: list[tuple[Daemon, int]] = []
@@ -427,7 +427,7 @@ def wait_for(
 
 
 def started_daemons(settings: ClusterSettings) -> list[Daemon]:
-    """The configured daemons plus workers a start with a larger FLO_SPARK_WORKERS left behind."""
+    """The configured daemons plus workers a start with a larger FLO_STACK_SPARK_WORKERS left behind."""
     daemons = settings.daemons()
     known = {d.name for d in daemons}
     for pid_path in sorted(settings.spark_dir.glob("worker*/worker*.pid")):
@@ -584,7 +584,7 @@ def check_python(python: str) -> None:
         raise ClusterError(
             f"python {python} lacks a dependency ({', '.join(PYTHON_DEPS)} needed): "
             f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'}; "
-            "pass --python or FLO_CLUSTER_PYTHON"
+            "pass --python or FLO_STACK_CLUSTER_PYTHON"
         )
 
 
@@ -635,7 +635,7 @@ def submit(settings: SubmitSettings, argv: Sequence[str]) -> int:
     if not master_answers(settings.master_url):
         raise ClusterError(
             f"no Spark master answers at {settings.master_url}; run `make cluster-up` "
-            "(or set FLO_SPARK_CLUSTER_URL / --master)"
+            "(or set FLO_STACK_SPARK_CLUSTER_URL / --master)"
         )
     jars = spark_jars(settings.jars_dir)
     check_python(settings.python)
@@ -654,30 +654,32 @@ def submit(settings: SubmitSettings, argv: Sequence[str]) -> int:
 
 def cluster_settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> ClusterSettings:
     """CLI flags win over FLO_* variables, which win over the defaults."""
-    master_port = args.master_port or env_int(env, "FLO_SPARK_MASTER_PORT", 7077, ClusterError)
-    webui_port = args.master_webui_port or env_int(env, "FLO_SPARK_MASTER_WEBUI_PORT", 8080, ClusterError)
-    worker_webui = args.worker_webui_port or env_int(env, "FLO_SPARK_WORKER_WEBUI_PORT", webui_port + 1, ClusterError)
-    workers = args.workers or env_int(env, "FLO_SPARK_WORKERS", 2, ClusterError)
+    master_port = args.master_port or env_int(env, "FLO_STACK_SPARK_MASTER_PORT", 7077, ClusterError)
+    webui_port = args.master_webui_port or env_int(env, "FLO_STACK_SPARK_MASTER_WEBUI_PORT", 8080, ClusterError)
+    worker_webui = args.worker_webui_port or env_int(
+        env, "FLO_STACK_SPARK_WORKER_WEBUI_PORT", webui_port + 1, ClusterError
+    )
+    workers = args.workers or env_int(env, "FLO_STACK_SPARK_WORKERS", 2, ClusterError)
     ports = [master_port, webui_port, *range(worker_webui, worker_webui + workers)]
     if len(set(ports)) != len(ports):
         raise ClusterError(f"the cluster's ports must all differ: {ports}")
     return ClusterSettings(
-        spark_home=Path(env.get("FLO_SPARK_HOME") or pyspark_home()),
+        spark_home=Path(env.get("FLO_STACK_SPARK_HOME") or pyspark_home()),
         state_dir=Path(args.state_dir or env.get("FLO_STACK_DIR") or SOURCE_DIR / ".stack"),
-        host=env.get("FLO_SPARK_HOST") or "127.0.0.1",
+        host=env.get("FLO_STACK_SPARK_HOST") or "127.0.0.1",
         master_port=master_port,
         master_webui_port=webui_port,
         worker_webui_port=worker_webui,
         workers=workers,
-        worker_cores=env_int(env, "FLO_SPARK_WORKER_CORES", 1, ClusterError),
-        worker_memory=env.get("FLO_SPARK_WORKER_MEMORY") or "2g",
-        daemon_memory=env.get("FLO_SPARK_DAEMON_MEMORY") or "512m",
+        worker_cores=env_int(env, "FLO_STACK_SPARK_WORKER_CORES", 1, ClusterError),
+        worker_memory=env.get("FLO_STACK_SPARK_WORKER_MEMORY") or "2g",
+        daemon_memory=env.get("FLO_STACK_SPARK_DAEMON_MEMORY") or "512m",
         start_timeout_s=args.timeout,
     )
 
 
 def submit_settings_from(args: argparse.Namespace, env: Mapping[str, str], cluster: ClusterSettings) -> SubmitSettings:
-    """The cluster this module runs is the default master; FLO_SPARK_CLUSTER_URL or --master another."""
+    """The cluster this module runs is the default master; FLO_STACK_SPARK_CLUSTER_URL or --master another."""
     conf = []
     for pair in args.conf:
         key, sep, value = pair.partition("=")
@@ -686,8 +688,8 @@ def submit_settings_from(args: argparse.Namespace, env: Mapping[str, str], clust
         conf.append((key, value))
     return SubmitSettings(
         spark_home=cluster.spark_home,
-        master_url=args.master or env.get("FLO_SPARK_CLUSTER_URL") or cluster.master_url,
-        python=args.python or env.get("FLO_CLUSTER_PYTHON") or sys.executable,
+        master_url=args.master or env.get("FLO_STACK_SPARK_CLUSTER_URL") or cluster.master_url,
+        python=args.python or env.get("FLO_STACK_CLUSTER_PYTHON") or sys.executable,
         jars_dir=Path(env.get("FLO_JARS_DIR") or SOURCE_DIR / ".jars" / "spark"),
         dist_dir=cluster.spark_dir / "dist",
         driver_host=cluster.host,
@@ -704,16 +706,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--state-dir", help="pid files, logs, work dirs, artifact (env FLO_STACK_DIR, default <repo>/.stack)"
     )
-    common.add_argument("--master-port", type=int, help="master port (env FLO_SPARK_MASTER_PORT, default 7077)")
+    common.add_argument("--master-port", type=int, help="master port (env FLO_STACK_SPARK_MASTER_PORT, default 7077)")
     common.add_argument(
-        "--master-webui-port", type=int, help="master web UI (env FLO_SPARK_MASTER_WEBUI_PORT, default 8080)"
+        "--master-webui-port", type=int, help="master web UI (env FLO_STACK_SPARK_MASTER_WEBUI_PORT, default 8080)"
     )
     common.add_argument(
         "--worker-webui-port",
         type=int,
-        help="first worker's web UI, the next +1 (env FLO_SPARK_WORKER_WEBUI_PORT, default master UI + 1)",
+        help="first worker's web UI, the next +1 (env FLO_STACK_SPARK_WORKER_WEBUI_PORT, default master UI + 1)",
     )
-    common.add_argument("--workers", type=int, help="number of workers (env FLO_SPARK_WORKERS, default 2)")
+    common.add_argument("--workers", type=int, help="number of workers (env FLO_STACK_SPARK_WORKERS, default 2)")
     common.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster (default 90)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser = argparse.ArgumentParser(
@@ -728,8 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verbs.add_parser(
         "submit", parents=[common], help="run `flo-seg ARGS` on the cluster: submit [options] -- ARGS"
     )
-    sub.add_argument("--master", help="master URL (env FLO_SPARK_CLUSTER_URL, default this cluster's)")
-    sub.add_argument("--python", help="driver and executor interpreter (env FLO_CLUSTER_PYTHON, default this python)")
+    sub.add_argument("--master", help="master URL (env FLO_STACK_SPARK_CLUSTER_URL, default this cluster's)")
+    sub.add_argument(
+        "--python", help="driver and executor interpreter (env FLO_STACK_CLUSTER_PYTHON, default this python)"
+    )
     sub.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf (repeatable)")
     sub.add_argument(
         "--spark-arg",

@@ -404,7 +404,7 @@ def up(settings: StackSettings) -> dict[str, int]:
                 if is_port_taken(settings.host, port):
                     raise StackError(
                         f"{name} port {port} on {settings.host} is already in use by another process; "
-                        "stop it or choose another port (FLO_KAFKA_PORT / FLO_KAFKA_CONTROLLER_PORT)"
+                        "stop it or choose another port (FLO_STACK_KAFKA_PORT / FLO_STACK_KAFKA_CONTROLLER_PORT)"
                     )
             pid = start_broker(settings)
         wait_until_answering(settings, pid)
@@ -465,17 +465,17 @@ def describe(settings: StackSettings, state: StackStatus) -> str:
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> StackSettings:
     """CLI flags win over FLO_* variables, which win over the defaults."""
-    port = args.port or env_int(env, "FLO_KAFKA_PORT", 9092, StackError)
-    controller_port = args.controller_port or env_int(env, "FLO_KAFKA_CONTROLLER_PORT", port + 1, StackError)
+    port = args.port or env_int(env, "FLO_STACK_KAFKA_PORT", 9092, StackError)
+    controller_port = args.controller_port or env_int(env, "FLO_STACK_KAFKA_CONTROLLER_PORT", port + 1, StackError)
     if controller_port == port:
         raise StackError(f"the broker and controller ports must differ (both {port})")
     java_home = env.get("JAVA_HOME")
     return StackSettings(
-        jars_dir=Path(args.jars_dir or env.get("FLO_KAFKA_JARS") or REPO_DIR / ".jars" / "kafka"),
+        jars_dir=Path(args.jars_dir or env.get("FLO_STACK_KAFKA_JARS") or REPO_DIR / ".jars" / "kafka"),
         state_dir=Path(args.state_dir or env.get("FLO_STACK_DIR") or REPO_DIR / ".stack"),
         port=port,
         controller_port=controller_port,
-        heap=args.heap or env.get("FLO_KAFKA_HEAP") or "512m",
+        heap=args.heap or env.get("FLO_STACK_KAFKA_HEAP") or "512m",
         java=str(Path(java_home) / "bin" / "java") if java_home else "java",
         start_timeout_s=args.timeout,
     )
@@ -484,15 +484,15 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> StackSett
 def build_parser() -> argparse.ArgumentParser:
     """One sub-command per verb; the sizing flags are shared."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--port", type=int, help="broker port (env FLO_KAFKA_PORT, default 9092)")
+    common.add_argument("--port", type=int, help="broker port (env FLO_STACK_KAFKA_PORT, default 9092)")
     common.add_argument(
         "--controller-port",
         type=int,
-        help="KRaft controller port (env FLO_KAFKA_CONTROLLER_PORT, default port+1)",
+        help="KRaft controller port (env FLO_STACK_KAFKA_CONTROLLER_PORT, default port+1)",
     )
     common.add_argument("--state-dir", help="config, data, log and pid (env FLO_STACK_DIR, default <repo>/.stack)")
-    common.add_argument("--jars-dir", help="the broker jars (env FLO_KAFKA_JARS, default <repo>/.jars/kafka)")
-    common.add_argument("--heap", help="JVM heap, e.g. 512m or 1g (env FLO_KAFKA_HEAP, default 512m)")
+    common.add_argument("--jars-dir", help="the broker jars (env FLO_STACK_KAFKA_JARS, default <repo>/.jars/kafka)")
+    common.add_argument("--heap", help="JVM heap, e.g. 512m or 1g (env FLO_STACK_KAFKA_HEAP, default 512m)")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker (default 60)")
     common.add_argument("-v", "--verbose", action="store_true", help="also show the Kafka client's own logs")
     parser = argparse.ArgumentParser(

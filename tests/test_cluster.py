@@ -75,9 +75,9 @@ class Submitted:
 @pytest.fixture(scope="module")
 def spark_cluster() -> RunningCluster:
     """The cluster `make cluster-up` starts; under `make test` (FLO_REQUIRE_CLUSTER=1) it must answer."""
-    url = os.environ.get("FLO_SPARK_CLUSTER_URL", "spark://127.0.0.1:7077")
+    url = os.environ.get("FLO_STACK_SPARK_CLUSTER_URL", "spark://127.0.0.1:7077")
     host = url.removeprefix("spark://").rsplit(":", 1)[0]
-    webui_port = os.environ.get("FLO_SPARK_MASTER_WEBUI_PORT", "8080")
+    webui_port = os.environ.get("FLO_STACK_SPARK_MASTER_WEBUI_PORT", "8080")
     running = RunningCluster(url=url, json_url=f"http://{host}:{webui_port}/json/")
     try:
         state = running.state()

@@ -146,7 +146,7 @@ def read_stack_pid(port: int) -> int | None:
 
 
 def test_status_and_down_when_nothing_runs(tmp_path: Path) -> None:
-    env = {"FLO_STACK_DIR": str(tmp_path), "FLO_KAFKA_PORT": str(free_port())}
+    env = {"FLO_STACK_DIR": str(tmp_path), "FLO_STACK_KAFKA_PORT": str(free_port())}
     status = run_stack("status", env=env)
     assert status.returncode == stack.EXIT_NOT_RUNNING
     assert "not running" in status.stdout
