@@ -142,7 +142,7 @@ def compact_log(spark: SparkSession, lake: LakeSettings, compaction: Compaction,
 
 def _record(spark: SparkSession, lake: LakeSettings, compaction: Compaction, done: Compacted) -> None:
     """Append how far a compaction read (after its MERGE: a crash in between repeats the MERGE)."""
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     row = (
         compaction.log,
         compaction.target,

@@ -145,5 +145,5 @@ def _first_rows(reader: pa.RecordBatchReader, limit: int) -> Iterator[list[objec
 def _plain(value: object) -> object:
     """A value as the Spark engine prints it: Delta timestamps in UTC without an offset."""
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
     return value

@@ -984,7 +984,7 @@ def run_report(spark: SparkSession, lake: LakeSettings, out_dir: str) -> list[st
     """Write the HTML and Markdown report on the current model into `out_dir`; returns the paths written."""
     data = collect_report_data(spark, lake)
     sections = build_sections(data)
-    generated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    generated_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     paths = write_report(sections, subtitle_of(data, generated_at), out_dir)
     log.info("report written to %s (%d files)", out_dir, len(paths))
     return paths

@@ -168,7 +168,7 @@ def run_train(
     unless `replace_state`.
     """
     summary = TrainSummary()
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     if history_path is not None:
         guard_streamed_state(spark, lake, history_path, replace_state)
         with step(f"reading and validating {history_path}"):

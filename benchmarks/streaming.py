@@ -583,7 +583,7 @@ def freshness(spark: SparkSession, lake: LakeSettings, since_ms: float) -> tuple
     lags: list[float] = []
     for table in (STATE_LOG, SEGMENT_LOG):
         marks = [
-            (int(r["to_version"]), r["compacted_at"].replace(tzinfo=dt.timezone.utc).timestamp() * 1000.0)
+            (int(r["to_version"]), r["compacted_at"].replace(tzinfo=dt.UTC).timestamp() * 1000.0)
             for r in records
             if r["log"] == table
         ]

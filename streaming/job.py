@@ -189,7 +189,7 @@ def write_clock(
                 swept[0],
                 swept[1],
                 batch_id,
-                dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                dt.datetime.now(dt.UTC).replace(tzinfo=None),
             )
         ],
         STREAM_CLOCK_SCHEMA,

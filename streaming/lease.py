@@ -132,7 +132,7 @@ class Lease:
 
 
 def _iso(epoch_s: float) -> str:
-    return dt.datetime.fromtimestamp(round(epoch_s, 3), dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(round(epoch_s, 3), dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _epoch(iso: str) -> float:

@@ -360,7 +360,7 @@ def orders_total(spark: SparkSession, lake: Path) -> int:
 
 def orders_for(spark: SparkSession, lake: Path, n: int, seed: int) -> list[tuple[bytes, bytes]]:
     ids = [r[0] for r in read_table(spark, LakeSettings(root=str(lake)), "customer_state").limit(40).collect()]
-    start = dt.datetime(2021, 6, 2, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2021, 6, 2, tzinfo=dt.UTC)
     return [m for m in make_events(ids, start, n, seed=seed).messages if m[0] != b"bad"]
 
 

@@ -254,7 +254,7 @@ def test_stream_on_the_cluster_equals_local_mode(
     ensure_topics(kafka_bootstrap, [TopicSpec(name=orders, partitions=2), TopicSpec(name=changes, partitions=2)])
     state = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_state")
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
-    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.timezone.utc)  # type: ignore[index]
+    start = dt.datetime.combine(state.agg(F.max("last_order_date")).first()[0], dt.time(), tzinfo=dt.UTC)  # type: ignore[index]
     send(kafka_bootstrap, orders, make_events(ids, start, 200, seed=13).messages)
 
     local = copy_lake(trained_lake, tmp_path / "local" / "lake")

@@ -141,7 +141,7 @@ json_values = st.recursive(
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "event_id": st.sampled_from(["e-1", "e-2", " e", "", "e\n", "a" * 200]) | json_values,
     "master_id": st.sampled_from([GOOD["master_id"], "m-2", " m", "", "m\n"]) | json_values,
-    "order_ts": st.datetimes(dt.datetime(1990, 1, 1), dt.datetime(2030, 1, 1), timezones=st.just(dt.timezone.utc)).map(
+    "order_ts": st.datetimes(dt.datetime(1990, 1, 1), dt.datetime(2030, 1, 1), timezones=st.just(dt.UTC)).map(
         lambda t: t.isoformat()
     )
     | st.sampled_from(["2021-06-01T10:15:00", "2021-06-01", "2021", "2021-06-01T10:15:00Z", "yesterday"])
@@ -195,8 +195,8 @@ def contract_valid(key: bytes | None, value: bytes | None) -> bool:
         and not body["master_id"].endswith("\n")
         and not body["event_id"].endswith("\n")
         and not body["order_ts"].endswith("\n")
-        and dt.datetime.fromisoformat(EARLIEST_ORDER).replace(tzinfo=dt.timezone.utc) <= order_ts
-        and order_ts <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+        and dt.datetime.fromisoformat(EARLIEST_ORDER).replace(tzinfo=dt.UTC) <= order_ts
+        and order_ts <= dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
         and type(body["schema_version"]) is int
     )
 

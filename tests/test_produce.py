@@ -13,7 +13,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ START = datetime(2021, 6, 1, 10, 0, tzinfo=TURKEY)
 UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ORDER_TS_SHAPE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+03:00$")
 # The stream quarantines orders before this day (streaming/events.py); JSON Schema cannot say it.
-EARLIEST_ORDER = datetime(2000, 1, 1, tzinfo=timezone.utc)
+EARLIEST_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
 
 # One row per behaviour under test; counts are longs and values doubles as in CUSTOMER_STATE_SCHEMA.
 STATE_COLUMNS = [

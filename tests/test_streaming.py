@@ -70,7 +70,7 @@ def sent(spark: SparkSession, trained_lake: Path, topics: tuple[str, str], kafka
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
     latest = state.agg(F.max("last_order_date")).first()
     assert latest is not None
-    start = dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.UTC)
     events = make_events(ids, start, 400, seed=9)
     send(kafka_bootstrap, topics[0], events.messages)
     return events
@@ -271,9 +271,7 @@ def test_a_batch_puts_its_changes_on_kafka_before_its_delta_appends(
     send(
         kafka_bootstrap,
         own[0],
-        make_events(
-            ids, dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc), 300, seed=21, minutes=(0, 2)
-        ).messages,
+        make_events(ids, dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC), 300, seed=21, minutes=(0, 2)).messages,
     )
     # Killed right after a micro-batch published its changes, before any of its Delta appends.
     proc = run_stream_process(lake, checkpoint, own, kafka_bootstrap, env={"FLO_FAULT_AFTER_PUBLISH": "publish"})
@@ -324,7 +322,7 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     champions = set(before.loc[before["rfm_segment"] == "champions", "master_id"])
     assert champions
     active = sorted(set(before["master_id"]) - champions)[:3]
-    start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.timezone.utc) + dt.timedelta(days=400)
+    start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=400)
     events = make_events(active, start, 20, seed=4)
     topics = fresh_topics(kafka_bootstrap)
     send(kafka_bootstrap, topics[0], [m for m in events.messages if m[0] != b"bad"])
@@ -356,7 +354,7 @@ def test_new_model_is_hot_reloaded_while_the_stream_runs(
     lake = copy_lake(trained_lake, tmp_path / "lake")
     first_version = read_table(spark, lake, "models").first()["model_version"]  # type: ignore[index]
     ids = sorted(r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(40).collect())
-    start = dt.datetime(2021, 6, 2, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2021, 6, 2, tzinfo=dt.UTC)
     first, second = (
         make_events(ids, start, 60, seed=1),
         make_events(ids, start + dt.timedelta(days=5), 60, seed=2),
@@ -407,7 +405,7 @@ def test_a_rescore_while_the_stream_runs_is_what_its_next_change_starts_from(
     lake = copy_lake(trained_lake, tmp_path / "lake")
     ids = sorted(r[0] for r in read_table(spark, lake, "customer_state").select("master_id").limit(30).collect())
     latest = read_table(spark, lake, "customer_state").agg(F.max("last_order_date")).first()[0]  # type: ignore[index]
-    start = dt.datetime.combine(latest, dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(latest, dt.time(), tzinfo=dt.UTC)
     valid = [m for m in make_events(ids, start, 40, seed=21).messages if m[0] != b"bad"]
     topics = fresh_topics(kafka_bootstrap)
     settings = StreamSettings(
