@@ -10,10 +10,10 @@ MVN         := mvn -B -q -s jvm/settings.xml
 SPARK_JARS  := delta-spark_4.2_2.13,delta-storage,delta-kernel-api,delta-kernel-defaults,delta-kernel-unitycatalog,unitycatalog-client,unitycatalog-hadoop,jackson-datatype-jdk8,spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 
 export FLO_LAKE       ?= $(CURDIR)/lake
-export FLO_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
+export FLO_SPARK_JARS_DIR   ?= $(CURDIR)/$(JARS)/spark
 export FLO_STACK_KAFKA_JARS ?= $(CURDIR)/$(JARS)/kafka
 export FLO_STACK_KAFKA_PORT ?= 9092
-export FLO_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(FLO_STACK_KAFKA_PORT)
+export FLO_KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(FLO_STACK_KAFKA_PORT)
 
 
 .PHONY: help

@@ -1364,8 +1364,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, default=None, help="JSON results; None: <work>/streaming-results.json")
     where.add_argument(
         "--bootstrap-servers",
-        default=os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        help="Kafka (env FLO_KAFKA_BOOTSTRAP)",
+        default=os.environ.get("FLO_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="Kafka (env FLO_KAFKA_BOOTSTRAP_SERVERS)",
     )
     where.add_argument("--partitions", type=int, default=4, help="partitions of every benchmark topic")
     where.add_argument("--driver-memory", default="8g", help="spark.driver.memory of the one local session")

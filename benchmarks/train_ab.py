@@ -53,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. a commit id)")
     parser.add_argument("--history", required=True, help="history CSV both revisions train on")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, each running base then this (default 2)")
-    parser.add_argument("--driver-memory", default=None, help="FLO_DRIVER_MEMORY for both (default: unset)")
+    parser.add_argument("--driver-memory", default=None, help="FLO_SPARK_DRIVER_MEMORY for both (default: unset)")
     args = parser.parse_args(argv)
     history = str(Path(args.history).resolve())
     env = dict(os.environ)
     # The base worktree has no jars of its own: both use this checkout's, fetched by `make setup`.
-    env.setdefault("FLO_JARS_DIR", str(REPO / ".jars" / "spark"))
+    env.setdefault("FLO_SPARK_JARS_DIR", str(REPO / ".jars" / "spark"))
     if args.driver_memory:
-        env["FLO_DRIVER_MEMORY"] = args.driver_memory
+        env["FLO_SPARK_DRIVER_MEMORY"] = args.driver_memory
     with tempfile.TemporaryDirectory(prefix="flo-train-ab-") as scratch:
         base = Path(scratch) / "base"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), args.base], check=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import difflib
+import functools
+import json
 import logging
 import math
 import os
@@ -12,13 +14,27 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES, run_maintenance
+from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES
 from flo_seg.logs import setup_logging
-from flo_seg.settings import LakeSettings, TrainSettings, default_lake, default_spark_settings
-from streaming.events import DEFAULT_DEDUPE_WINDOW
+from flo_seg.settings import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    LakeSettings,
+    LoadedSettings,
+    Settings,
+    SparkSettings,
+    choices_of,
+    default_of,
+    env_name,
+    kafka_client_options,
+    leaves,
+    load_settings,
+    parse_setting,
+)
 
 log = logging.getLogger("flo_seg")
 
@@ -42,31 +58,6 @@ def _positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"must be a share in [0, 0.5), got {value}")
-    return value
-
-
-_INTERVAL = re.compile(r"(\d+) *(second|minute|hour|day)s?")
-
-
-def _interval(text: str) -> str:
-    """A positive duration such as `24 hours` or `30 minutes`, in the form Spark's watermark takes."""
-    match = _INTERVAL.fullmatch(text.strip().lower())
-    if match is None or int(match[1]) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration like '24 hours' or '30 minutes', got {text!r}")
-    return f"{int(match[1])} {match[2]}s"
 
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
@@ -121,21 +112,75 @@ def _did_you_mean(word: str, candidates: Sequence[str], given: str | None = None
     return f" (did you mean {close[0]} for {given}?)" if given else f" (did you mean {close[0]}?)"
 
 
+class _KafkaOption(argparse.Action):
+    """`--kafka-option KEY=VALUE`, repeatable, into the `kafka.options` setting."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, _: Any = None
+    ) -> None:
+        key, sep, text = str(value).partition("=")
+        if not sep or not key.strip():
+            parser.error(f"argument --kafka-option: expected KEY=VALUE, got {value!r}")
+        options = dict(getattr(namespace, self.dest, None) or {})
+        options[key.strip()] = text.strip()
+        setattr(namespace, self.dest, options)
+
+
+def _setting(parser: argparse.ArgumentParser, *flags: str, key: str, help: str, **kwargs: Any) -> None:
+    """A flag that sets one setting of the tree (flo_seg/settings.py): its check, choices and default come
+    from there, and it is left out of the namespace unless given, so a file or FLO_* value stands."""
+    default = default_of(key)
+    choices = choices_of(key)
+    if choices:
+        kwargs.setdefault("choices", choices)
+    elif "action" not in kwargs:
+        kwargs.setdefault("type", functools.partial(_setting_value, key))
+        kwargs.setdefault("metavar", flags[0].lstrip("-").upper().replace("-", "_"))
+    shown = "not set" if default is None else (default or "''")
+    parser.add_argument(
+        *flags, dest=key, default=argparse.SUPPRESS, help=f"{help} (default {shown}; {env_name(key)})", **kwargs
+    )
+
+
+def _setting_value(key: str, text: str) -> Any:
+    try:
+        return parse_setting(key, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def given_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the command line gave (dotted key -> value) and the flag each came from."""
+    parsers = [parser, *_Parser._commands(parser).values()]  # type: ignore[arg-type]
+    names = {
+        action.dest: action.option_strings[-1] if action.dest == "lake" else action.option_strings[0]
+        for p in parsers
+        for action in p._actions
+        if action.option_strings and (action.dest == "lake" or "." in action.dest)
+    }
+    given = {key: value for key, value in vars(args).items() if key in names}
+    return given, names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; `--help` works on each."""
     parser = _Parser(
         prog="flo-seg",
-        description="FLO customer segmentation: batch RFM + clustering on Spark, Delta tables under a lake.",
+        description="FLO customer segmentation: batch RFM + clustering on Spark, Delta tables under a lake. "
+        "Every setting has a default, and can be set in a TOML file (--config), by a FLO_* variable or by a "
+        "flag, the later winning; `flo-seg config` shows them and where each came from.",
     )
-    lake_help = "lake root for the Delta tables (env FLO_LAKE, default ./lake)"
-    parser.add_argument("--lake", default=None, help=lake_help)
+    config_help = f"TOML file of settings, e.g. [spark] master = ... ({CONFIG_ENV}; default none)"
+    _setting(parser, "--lake", key="lake", help="lake root for the Delta tables")
+    parser.add_argument("--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # The global options are accepted after the command too (`flo-seg train --history X --lake Y`); there
     # they only override what was given before it.
     verbose = _Parser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     lake = _Parser(add_help=False, parents=[verbose])
-    lake.add_argument("--lake", default=argparse.SUPPRESS, help=lake_help)
+    _setting(lake, "--lake", key="lake", help="lake root for the Delta tables")
+    lake.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -162,39 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --history: rebuild customer_state from the CSV even if the stream has added orders to it "
         "(they are discarded; start the stream on a new checkpoint afterwards)",
     )
-    chosen = TrainSettings()
-    train.add_argument("--algorithm", choices=("kmeans", "bisecting", "gmm"), default=chosen.algorithm)
-    train.add_argument("--k", type=int, help="force the number of segments instead of choosing by silhouette")
-    train.add_argument("--k-min", type=int, default=chosen.k_min, help=f"smallest k tried (default {chosen.k_min})")
-    train.add_argument("--k-max", type=int, default=chosen.k_max, help=f"largest k tried (default {chosen.k_max})")
-    train.add_argument(
+    _setting(train, "--algorithm", key="train.algorithm", help="clustering algorithm")
+    _setting(train, "--k", key="train.k", help="force the number of segments instead of choosing by silhouette")
+    _setting(train, "--k-min", key="train.k_min", help="smallest k tried")
+    _setting(train, "--k-max", key="train.k_max", help="largest k tried")
+    _setting(
+        train,
         "--min-segment-share",
-        type=_share,
-        default=chosen.min_segment_share,
-        help="a k whose smallest segment holds less than this share of the sampled customers is refused "
-        f"(default {chosen.min_segment_share})",
+        key="train.min_segment_share",
+        help="a k whose smallest segment holds less than this share of the sampled customers is refused",
     )
-    train.add_argument("--seed", type=int, default=chosen.seed, help=f"clustering seed (default {chosen.seed})")
-    train.add_argument(
+    _setting(train, "--seed", key="train.seed", help="clustering seed")
+    _setting(
+        train,
         "--sample",
         "--selection-sample",
-        dest="sample",
-        type=_positive_int,
-        default=chosen.sample,
-        help=f"customers sampled to choose k and fit the model on; every customer is scored (default {chosen.sample})",
+        key="train.sample",
+        help="customers sampled to choose k and fit the model on; every customer is scored",
     )
-    train.add_argument(
-        "--max-iter",
-        type=_positive_int,
-        default=chosen.max_iter,
-        help=f"clustering iterations at most (default {chosen.max_iter})",
-    )
-    train.add_argument(
-        "--restarts",
-        type=_positive_int,
-        default=chosen.restarts,
-        help=f"fits from different starts per k, lowest cost kept (default {chosen.restarts})",
-    )
+    _setting(train, "--max-iter", key="train.max_iter", help="clustering iterations at most")
+    _setting(train, "--restarts", key="train.restarts", help="fits from different starts per k, lowest cost kept")
 
     rescore = command("rescore", help="apply the current model to every customer (recency ages)")
     rescore.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")
@@ -242,67 +274,59 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--no-vacuum", action="store_true", help="only OPTIMIZE")
 
     stream = command("stream", help="consume order events from Kafka and keep segments current")
-    stream.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
-    stream.add_argument("--topic", default="flo.orders", help="order events topic (default flo.orders)")
-    stream.add_argument(
+    _kafka_flags(stream)
+    _setting(
+        stream,
         "--changes-topic",
-        default="flo.segment-changes",
-        help="segment changes topic (default flo.segment-changes; '' to not publish)",
+        key="kafka.changes_topic",
+        help="segment changes topic ('' to not publish)",
     )
-    stream.add_argument(
-        "--checkpoint", default=None, help="checkpoint location (default ./checkpoints beside the lake)"
-    )
-    stream.add_argument("--query-name", default="flo-seg-stream", help="streaming query name")
-    stream.add_argument(
+    _setting(stream, "--checkpoint", key="stream.checkpoint", help="checkpoint location (not set: beside the lake)")
+    _setting(stream, "--query-name", key="stream.query_name", help="streaming query name")
+    _setting(
+        stream,
         "--trigger-seconds",
-        type=float,
-        default=0.0,
-        help="micro-batch interval (default 0: the next batch starts as soon as the last one ended)",
+        key="stream.trigger_seconds",
+        help="micro-batch interval (0: the next batch starts as soon as the last one ended)",
     )
     stream.add_argument("--available-now", action="store_true", help="process what the topic holds, then stop")
-    stream.add_argument(
-        "--max-offsets-per-trigger",
-        type=_positive_int,
-        default=200_000,
-        help="events per micro-batch at most (default 200000)",
+    _setting(stream, "--max-offsets-per-trigger", key="stream.max_offsets_per_trigger", help="events per batch at most")
+    _setting(
+        stream, "--starting-offsets", key="stream.starting_offsets", help="earliest | latest | JSON, first start only"
     )
-    stream.add_argument("--starting-offsets", default="earliest", help="earliest | latest | JSON, first start only")
-    stream.add_argument(
+    _setting(
+        stream,
         "--aging-days",
-        type=_positive_int,
-        default=7,
-        help="re-score customers whose segment is older than this in event time (default 7)",
+        key="stream.aging_days",
+        help="re-score customers whose segment is older than this in event time",
     )
-    stream.add_argument(
+    _setting(
+        stream,
         "--dedupe-window",
-        type=_interval,
-        default=DEFAULT_DEDUPE_WINDOW,
-        help=f"a re-sent event_id is dropped within this much stream time of its first copy "
-        f"(default {DEFAULT_DEDUPE_WINDOW!r})",
+        key="stream.dedupe_window",
+        help="a re-sent event_id is dropped within this much stream time of its first copy",
     )
-    stream.add_argument(
+    _setting(
+        stream,
         "--compact-seconds",
-        type=_non_negative,
-        default=10.0,
-        help="bring customer_state and customer_segments current from the stream's logs this often (default 10; "
-        "0: not in this process, run `flo-seg compact --every N` beside the stream instead)",
+        key="stream.compact_seconds",
+        help="bring customer_state and customer_segments current from the stream's logs this often "
+        "(0: not in this process, run `flo-seg compact --every N` beside the stream instead)",
     )
-    stream.add_argument(
+    _setting(
+        stream,
         "--compaction",
-        choices=("auto", "thread", "process"),
-        default="auto",
+        key="stream.compaction",
         help="where the compaction runs: a thread of the stream's session, or `flo-seg compact --every` in "
-        "a child process at the lowest CPU priority; auto (default): the process under a local master, "
-        "the thread on a cluster",
+        "a child process at the lowest CPU priority; auto: the process under a local master, the thread on a cluster",
     )
-    stream.add_argument(
+    _setting(
+        stream,
         "--state-partitions",
-        type=_positive_int,
-        default=None,
-        help="state store partitions, fixed by a new checkpoint (default: the cores Spark has)",
+        key="stream.state_partitions",
+        help="state store partitions, fixed by a new checkpoint (not set: the cores Spark has)",
     )
     stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    _kafka_option_flags(stream)
 
     compact = command(
         "compact",
@@ -326,21 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     produce = command("produce", help="send order events for the lake's customers to Kafka")
-    produce.add_argument("--bootstrap-servers", default=None, help="Kafka (env FLO_KAFKA_BOOTSTRAP, 127.0.0.1:9092)")
-    produce.add_argument("--topic", default="flo.orders", help="topic (default flo.orders)")
+    _kafka_flags(produce)
     produce.add_argument("--events", type=_positive_int, default=None, help="stop after this many events")
-    produce.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    produce.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
-    produce.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    produce.add_argument("--new-customer-share", type=float, default=0.05, help="share of brand-new customers")
-    produce.add_argument("--duplicate-share", type=float, default=0.0, help="share re-sent with the same event_id")
-    produce.add_argument("--malformed-share", type=float, default=0.0, help="share of invalid events")
-    produce.add_argument("--late-share", type=float, default=0.0, help="share of late, out-of-order events")
-    produce.add_argument(
+    produce.add_argument("--duration", type=_positive_float, default=None, help="stop after this many seconds")
+    _setting(produce, "--rate", key="produce.rate", help="events per second (not set: as fast as possible)")
+    _setting(produce, "--seed", key="produce.seed", help="random seed")
+    _setting(produce, "--new-customer-share", key="produce.new_customer_share", help="share of brand-new customers")
+    _setting(produce, "--duplicate-share", key="produce.duplicate_share", help="share re-sent with the same event_id")
+    _setting(produce, "--malformed-share", key="produce.malformed_share", help="share of invalid events")
+    _setting(produce, "--late-share", key="produce.late_share", help="share of late, out-of-order events")
+    _setting(
+        produce,
         "--event-seconds",
-        type=float,
-        default=60.0,
-        help="mean event-time gap between orders, in simulated seconds (default 60)",
+        key="produce.event_seconds",
+        help="mean event-time gap between orders, in simulated seconds",
     )
     produce.add_argument(
         "--customers-sample",
@@ -348,42 +371,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="draw from a sample of this many customers (default all)",
     )
-    _kafka_option_flags(produce)
+
+    config = command(
+        "config",
+        help="print the effective settings and where each came from (default, file, FLO_* variable, flag)",
+    )
+    config.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
-def _kafka_option_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _kafka_flags(parser: argparse.ArgumentParser) -> None:
+    _setting(parser, "--bootstrap-servers", key="kafka.bootstrap_servers", help="Kafka brokers, host:port[,...]")
+    _setting(parser, "--topic", key="kafka.orders_topic", help="order events topic")
+    _setting(
+        parser,
         "--kafka-option",
-        action="append",
-        default=[],
+        key="kafka.options",
+        action=_KafkaOption,
         metavar="KEY=VALUE",
         help="extra Kafka client setting, e.g. security.protocol=SASL_SSL (repeatable)",
     )
-    parser.add_argument(
+    _setting(
+        parser,
         "--kafka-options-file",
-        default=None,
+        key="kafka.options_file",
         help="properties file of Kafka client settings (keeps secrets out of the command line)",
     )
 
 
-def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap_servers or os.environ.get("FLO_KAFKA_BOOTSTRAP") or "127.0.0.1:9092"
-
-
-def _lake(args: argparse.Namespace) -> LakeSettings:
-    """The lake from --lake or the environment; a local path that is a file is refused before any work."""
-    if args.lake and "://" not in args.lake:
-        # Executors resolve relative paths against their own working directory: pass absolute ones.
-        lake = LakeSettings(root=str(Path(args.lake).resolve()))
-    else:
-        lake = LakeSettings(root=args.lake or default_lake())
+def _lake(settings: Settings) -> LakeSettings:
+    """The lake of the settings; a local path that is a file is refused before any work."""
+    lake = settings.lake_settings()
     if "://" not in lake.root and Path(lake.root).exists() and not Path(lake.root).is_dir():
         raise NotADirectoryError(f"lake {lake.root} is a file, not a folder; pass --lake DIR (or set FLO_LAKE)")
     return lake
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _spark(settings: Settings, command: str) -> SparkSettings:
+    """The `[spark]` settings under this command's app name (flo-seg-train, ...)."""
+    return replace(settings.spark, app_name=f"{settings.spark.app_name}-{command}")
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     """Write the built-in synthetic history."""
     from batch.generate import write_history_csv
     from flo_seg.progress import progress
@@ -402,7 +431,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Train, publish and segment; print the run summary."""
     from batch.segments import ARCHETYPES
     from batch.train import run_train
@@ -410,27 +439,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.replace_state and not args.history:
         raise SystemExit("flo-seg train: --replace-state goes with --history")
-    lake = _lake(args)
-    settings = TrainSettings(
-        algorithm=args.algorithm,
-        k=args.k,
-        k_min=args.k_min,
-        k_max=args.k_max,
-        min_segment_share=args.min_segment_share,
-        seed=args.seed,
-        sample=args.sample,
-        max_iter=args.max_iter,
-        restarts=args.restarts,
-    )
-    if settings.k is not None and not 2 <= settings.k <= len(ARCHETYPES):
+    lake = _lake(settings)
+    chosen = settings.train
+    if chosen.k is not None and chosen.k > len(ARCHETYPES):
         raise SystemExit(f"flo-seg train: --k must be between 2 and {len(ARCHETYPES)}")
-    if not 2 <= settings.k_min <= settings.k_max <= len(ARCHETYPES):
-        raise SystemExit(
-            f"flo-seg train: need 2 <= --k-min <= --k-max <= {len(ARCHETYPES)}, got {settings.k_min}..{settings.k_max}"
-        )
-    spark = build_session(default_spark_settings("flo-seg-train"))
+    if chosen.k_max > len(ARCHETYPES):
+        raise SystemExit(f"flo-seg train: --k-max must be at most {len(ARCHETYPES)}, got {chosen.k_max}")
+    spark = build_session(_spark(settings, "train"))
     summary = run_train(
-        spark, lake, settings, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
+        spark, lake, chosen, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
     )
     if args.history:
         print(
@@ -439,7 +456,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for reason, n in summary.quarantined.items():
             print(f"  quarantined {reason}: {n}")
     print(
-        f"model {summary.model_version}: {args.algorithm}, k={summary.k}, silhouette={summary.silhouette}, "
+        f"model {summary.model_version}: {chosen.algorithm}, k={summary.k}, silhouette={summary.silhouette}, "
         f"as of {summary.as_of}, tables under {lake.root}"
     )
     for name, n in sorted(summary.segments.items(), key=lambda kv: -kv[1]):
@@ -447,52 +464,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rescore(args: argparse.Namespace) -> int:
+def cmd_rescore(args: argparse.Namespace, settings: Settings) -> int:
     """Re-score all customers with the current model."""
     from batch.rescore import run_rescore
     from flo_seg.spark import build_session
 
-    spark = build_session(default_spark_settings("flo-seg-rescore"))
-    sizes = run_rescore(spark, _lake(args), as_of=args.as_of)
+    spark = build_session(_spark(settings, "rescore"))
+    sizes = run_rescore(spark, _lake(settings), as_of=args.as_of)
     for name, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<28} {n:>9}")
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Write the report files and print their paths."""
     from batch.report import run_report
     from flo_seg.spark import build_session
 
-    spark = build_session(default_spark_settings("flo-seg-report"))
-    for path in run_report(spark, _lake(args), args.out):
+    spark = build_session(_spark(settings, "report"))
+    for path in run_report(spark, _lake(settings), args.out):
         print(f"wrote {path}")
     return 0
 
 
-def cmd_query(args: argparse.Namespace) -> int:
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Print a SQL result."""
     if args.engine == "native":
         from batch.query_native import run_native_query
 
-        run_native_query(_lake(args), args.sql, fmt=args.format, limit=args.limit)
+        run_native_query(_lake(settings), args.sql, fmt=args.format, limit=args.limit)
         return 0
     from batch.query import run_query
     from flo_seg.spark import build_session
 
-    spark = build_session(default_spark_settings("flo-seg-query"))
-    run_query(spark, _lake(args), args.sql, fmt=args.format, limit=args.limit)
+    spark = build_session(_spark(settings, "query"))
+    run_query(spark, _lake(settings), args.sql, fmt=args.format, limit=args.limit)
     return 0
 
 
-def cmd_maintain(args: argparse.Namespace) -> int:
+def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
     """OPTIMIZE and VACUUM the stream's tables; one line per table."""
+    from batch.maintain import MAINTAINED_TABLES, run_maintenance
     from flo_seg.spark import build_session
 
-    spark = build_session(default_spark_settings("flo-seg-maintain"))
+    spark = build_session(_spark(settings, "maintain"))
     results = run_maintenance(
         spark,
-        _lake(args),
+        _lake(settings),
         tables=tuple(args.tables or MAINTAINED_TABLES),
         retain_hours=None if args.no_vacuum else args.retain_hours,
     )
@@ -503,46 +521,38 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stream(args: argparse.Namespace) -> int:
+def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Run the streaming job."""
     from flo_seg.spark import build_session
     from streaming.job import StreamSettings
-    from streaming.run import default_checkpoint, read_kafka_options, run_stream
+    from streaming.run import default_checkpoint, run_stream
 
-    lake = _lake(args)
-    settings = StreamSettings(
-        bootstrap_servers=_bootstrap(args),
-        checkpoint=args.checkpoint or default_checkpoint(lake, args.query_name),
-        topic=args.topic,
-        changes_topic=args.changes_topic or None,
-        query_name=args.query_name,
-        trigger_seconds=args.trigger_seconds,
+    lake = _lake(settings)
+    options = settings.stream
+    stream_settings = StreamSettings(
+        **{**asdict(options), "checkpoint": options.checkpoint or default_checkpoint(lake, options.query_name)},
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.orders_topic,
+        changes_topic=settings.kafka.changes_topic or None,
         available_now=args.available_now,
-        max_offsets_per_trigger=args.max_offsets_per_trigger,
-        starting_offsets=args.starting_offsets,
-        aging_days=args.aging_days,
-        dedupe_window=args.dedupe_window,
-        compact_seconds=args.compact_seconds,
-        compaction=args.compaction,
-        state_partitions=args.state_partitions,
-        kafka_options=read_kafka_options(args.kafka_option, args.kafka_options_file),
+        kafka_options={f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
     )
     # FAIR: the background compaction gets its own pool, so it does not queue the micro-batches' jobs.
-    spark = build_session(default_spark_settings("flo-seg-stream"), {"spark.scheduler.mode": "FAIR"})
-    return run_stream(spark, lake, settings, duration_s=args.duration)
+    spark = build_session(_spark(settings, "stream"), {"spark.scheduler.mode": "FAIR"})
+    return run_stream(spark, lake, stream_settings, duration_s=args.duration)
 
 
-def cmd_compact(args: argparse.Namespace) -> int:
+def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     """Compact the stream's logs into the tables users read; one line per log."""
     from batch.compact import compact_lake, compact_until_stopped
     from flo_seg.spark import build_session
 
     if args.parent_pid is not None and args.every is None:
         raise ValueError("--parent-pid only applies with --every (a compaction that runs until stopped)")
-    spark = build_session(default_spark_settings("flo-seg-compact"))
+    spark = build_session(_spark(settings, "compact"))
     if args.every is not None:
-        return compact_until_stopped(spark, _lake(args), args.every, parent_pid=args.parent_pid)
-    for done in compact_lake(spark, _lake(args)):
+        return compact_until_stopped(spark, _lake(settings), args.every, parent_pid=args.parent_pid)
+    for done in compact_lake(spark, _lake(settings)):
         print(
             f"  {done.log:<12} versions {done.from_version}..{done.to_version}: {done.rows_read} rows, "
             f"{done.customers} customers, {done.seconds:.1f}s"
@@ -550,30 +560,22 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     """Send order events and print what was sent."""
     from flo_seg.progress import progress
     from flo_seg.spark import build_session
     from streaming.produce import ProduceProgress, ProduceSettings, load_profiles, run_produce
-    from streaming.run import read_kafka_options
 
-    options = read_kafka_options(args.kafka_option, args.kafka_options_file)
-    settings = ProduceSettings(
-        bootstrap_servers=_bootstrap(args),
-        topic=args.topic,
+    produce_settings = ProduceSettings(
+        **asdict(settings.produce),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.orders_topic,
         events=args.events,
         duration_s=args.duration,
-        rate=args.rate,
-        seed=args.seed,
-        new_customer_share=args.new_customer_share,
-        duplicate_share=args.duplicate_share,
-        malformed_share=args.malformed_share,
-        late_share=args.late_share,
-        event_seconds=args.event_seconds,
-        kafka_options={k.removeprefix("kafka."): v for k, v in options.items()},
+        kafka_options=kafka_client_options(settings.kafka),
     )
-    spark = build_session(default_spark_settings("flo-seg-produce"))
-    profiles = load_profiles(spark, _lake(args), sample=args.customers_sample)
+    spark = build_session(_spark(settings, "produce"))
+    profiles = load_profiles(spark, _lake(settings), sample=args.customers_sample)
     spark.stop()
 
     with progress("produce", args.events, "events", log) as bar:
@@ -582,7 +584,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             line = f"sent {p.sent} events ({p.rate:.0f}/s), event time {p.clock_ts}"
             bar.update(p.sent, line, rate=f"{p.rate:.0f}/s", event_time=f"{p.clock_ts:%Y-%m-%d %H:%M}")
 
-        summary = run_produce(settings, profiles, progress=report)
+        summary = run_produce(produce_settings, profiles, progress=report)
     print(f"sent {summary.sent} events in {summary.elapsed_s:.1f}s ({summary.rate:.0f}/s), {summary.failed} failed")
     for kind, n in sorted(summary.counts.items()):
         print(f"  {kind:<36} {n:>9}")
@@ -590,7 +592,48 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+_SECRET = re.compile(r"password|secret|jaas|token|\.key$", re.IGNORECASE)
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A setting's value for printing: secrets masked, paths as text, None as not set."""
+    if key == "kafka.options":
+        return {k: "****" if _SECRET.search(k) else v for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings, loaded: LoadedSettings) -> int:
+    """Print every setting, its value and where it came from."""
+    rows = [("lake", _lake(settings).root, str(loaded.sources["lake"]))]
+    rows += [(k, _shown(k, v), str(loaded.sources[k])) for k, v in leaves(settings) if k != "lake"]
+    ignored = sorted(name for name in os.environ if name.startswith(ENV_PREFIX) and name not in _used_env(loaded))
+    if args.format == "json":
+        document = {
+            "config_file": str(loaded.config_file) if loaded.config_file else None,
+            "settings": {key: {"value": value, "from": source} for key, value, source in rows},
+            "ignored_variables": ignored,
+        }
+        print(json.dumps(document, indent=2, default=str))
+        return 0
+    print(f"config file: {loaded.config_file or f'none (--config FILE or {CONFIG_ENV})'}")
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        text = "not set" if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
+        print(f"  {key:<{width}}  {text:<40}  {source}")
+    if ignored:
+        print(f"{ENV_PREFIX}* variables that set nothing here: {', '.join(ignored)}")
+    return 0
+
+
+def _used_env(loaded: LoadedSettings) -> set[str]:
+    return {source.name for source in loaded.sources.values() if source.kind == "env"} | {CONFIG_ENV}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "generate": cmd_generate,
     "train": cmd_train,
     "rescore": cmd_rescore,
@@ -605,12 +648,20 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `flo-seg` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
+        given, flag_names = given_settings(parser, args)
+        loaded = load_settings(given, config_file=getattr(args, "config", None), flag_names=flag_names)
+        if loaded.config_file is not None:
+            # A child process (the stream's compaction) reads the same file.
+            os.environ[CONFIG_ENV] = str(loaded.config_file.resolve())
+        if args.command == "config":
+            return cmd_config(args, loaded.settings, loaded)
         if args.command != "generate":
-            _lake(args)  # a lake that cannot be one is refused before a Spark session starts
-        return COMMANDS[args.command](args)
+            _lake(loaded.settings)  # a lake that cannot be one is refused before a Spark session starts
+        return COMMANDS[args.command](args, loaded.settings)
     except (FileNotFoundError, NotADirectoryError, LookupError, ValueError) as exc:
         print(f"flo-seg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ process group, so `down` also ends the executors and Python workers a worker sta
   wheel: pyspark puts only .zip/.egg/.jar py-files on the executors' sys.path (a .whl would reach the
   driver only). The zip is content-addressed (`flo_seg-<hash>.zip`), so concurrent submits never clash;
 - a tiny launcher beside it as the primary resource, which calls `flo_seg.cli.main(argv)`;
-- the Delta and Kafka connector jars of `.jars/spark` (FLO_JARS_DIR) through `--jars`;
+- the Delta and Kafka connector jars of `.jars/spark` (FLO_SPARK_JARS_DIR) through `--jars`;
 - `spark.pyspark.python`: the interpreter of driver and executors' Python workers. On this single machine
   it is the .venv's python (FLO_STACK_CLUSTER_PYTHON / --python to change), which has the third-party deps
   (pyspark, numpy, pandas, pyarrow, scipy). On a real cluster, ship a packed environment instead::
@@ -569,7 +569,7 @@ def spark_jars(jars_dir: Path) -> list[str]:
     """The Delta and Kafka connector jars; missing ones are an error with the fix."""
     jars = sorted(str(p) for p in jars_dir.glob("*.jar"))
     if not jars:
-        raise ClusterError(f"no jars in {jars_dir}; run `make setup` (or set FLO_JARS_DIR)")
+        raise ClusterError(f"no jars in {jars_dir}; run `make setup` (or set FLO_SPARK_JARS_DIR)")
     return jars
 
 
@@ -690,11 +690,11 @@ def submit_settings_from(args: argparse.Namespace, env: Mapping[str, str], clust
         spark_home=cluster.spark_home,
         master_url=args.master or env.get("FLO_STACK_SPARK_CLUSTER_URL") or cluster.master_url,
         python=args.python or env.get("FLO_STACK_CLUSTER_PYTHON") or sys.executable,
-        jars_dir=Path(env.get("FLO_JARS_DIR") or SOURCE_DIR / ".jars" / "spark"),
+        jars_dir=Path(env.get("FLO_SPARK_JARS_DIR") or SOURCE_DIR / ".jars" / "spark"),
         dist_dir=cluster.spark_dir / "dist",
         driver_host=cluster.host,
-        driver_memory=env.get("FLO_DRIVER_MEMORY") or None,
-        executor_memory=env.get("FLO_EXECUTOR_MEMORY") or None,
+        driver_memory=env.get("FLO_SPARK_DRIVER_MEMORY") or None,
+        executor_memory=env.get("FLO_SPARK_EXECUTOR_MEMORY") or None,
         conf=tuple(conf),
         spark_args=tuple(args.spark_arg),
     )

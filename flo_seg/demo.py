@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from flo_seg.logs import setup_logging
+from flo_seg.settings import load_settings
 
 log = logging.getLogger("flo_seg.demo")
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         customers=args.customers,
         produce_seconds=args.produce_seconds,
         rate=args.rate,
-        bootstrap=os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        bootstrap=load_settings().settings.kafka.bootstrap_servers,
         event_seconds=args.event_seconds,
     )
     started = time.monotonic()

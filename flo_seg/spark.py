@@ -60,6 +60,8 @@ def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = N
         conf["spark.sql.shuffle.partitions"] = str(settings.shuffle_partitions)
     if settings.driver_memory:
         conf["spark.driver.memory"] = settings.driver_memory
+    if settings.executor_memory:
+        conf["spark.executor.memory"] = settings.executor_memory
     jars = [] if "spark.jars" in submitted else local_jars(settings.jars_dir)
     if jars:
         conf["spark.jars"] = ",".join(jars)

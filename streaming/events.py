@@ -7,6 +7,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, VariantType
 
 from batch.validate import with_first_failure
+from flo_seg.settings import DEFAULT_DEDUPE_WINDOW
 from schemas.events import (
     EARLIEST_ORDER,
     MAX_ORDER_AMOUNT,
@@ -24,7 +25,6 @@ CONTENT_KEY = "content_key"
 CORRUPT_COLUMN = "_corrupt_json"
 # When the stream read an event (its micro-batch time): the clock of the de-duplication window.
 INGESTED_AT = "ingested_at"
-DEFAULT_DEDUPE_WINDOW = "24 hours"
 # The ids are parsed as variants, so a JSON number or object is told apart from a string; their JSON types.
 ID_FIELDS: tuple[str, ...] = ("event_id", "master_id")
 ID_TYPE_SUFFIX = "_json_type"

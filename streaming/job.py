@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
@@ -52,7 +54,7 @@ from batch.lake import (
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
 from flo_seg.faults import crash_point
-from flo_seg.settings import LakeSettings
+from flo_seg.settings import ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, LakeSettings, StreamOptions
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
     CUSTOMER_STATE,
@@ -74,7 +76,7 @@ from streaming.customer_state import (
     segment_inputs,
     state_schema,
 )
-from streaming.events import DEFAULT_DEDUPE_WINDOW, drop_duplicate_events, parse_order_events
+from streaming.events import drop_duplicate_events, parse_order_events
 from streaming.lease import LeaseFile
 
 log = logging.getLogger(__name__)
@@ -90,26 +92,16 @@ _STATE_STORE = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class StreamSettings:
-    """Where to read, how fast, where to keep progress."""
+@pydantic_dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class StreamSettings(StreamOptions):
+    """How the stream runs (the `[stream]` settings) plus where it reads, publishes and keeps progress."""
 
     bootstrap_servers: str
-    checkpoint: str
-    topic: str = "flo.orders"
-    changes_topic: str | None = "flo.segment-changes"
-    query_name: str = "flo-seg-stream"
-    trigger_seconds: float = 0.0  # 0: the next micro-batch starts as soon as the last one ended
+    checkpoint: str  # required here: the CLI fills it in beside the lake
+    topic: str = ORDERS_TOPIC
+    changes_topic: str | None = SEGMENT_CHANGES_TOPIC  # None: changes are not published
     available_now: bool = False
-    max_offsets_per_trigger: int | None = 200_000
-    starting_offsets: str = "earliest"
-    aging_days: int = 7
-    dedupe_window: str = DEFAULT_DEDUPE_WINDOW
-    # State store partitions; fixed by the checkpoint at its first start (None: the cores Spark has).
-    state_partitions: int | None = None
-    compact_seconds: float = 10.0  # 0: no compaction by the stream (`flo-seg compact --every N` elsewhere)
-    compaction: str = "auto"  # where: auto, thread (of the stream's session), process (streaming/run.py)
-    kafka_options: dict[str, str] = field(default_factory=dict)
+    kafka_options: dict[str, str] = Field(default_factory=dict)  # kafka.* options of the Spark Kafka source
 
 
 @dataclass(kw_only=True)

@@ -16,22 +16,24 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
 from batch.lake import read_table
-from flo_seg.settings import LakeSettings
+from flo_seg.settings import DEFAULT_BOOTSTRAP, ORDERS_TOPIC, LakeSettings, PositiveFinite, ProduceOptions
 from schemas.events import SCHEMA_VERSION
 from schemas.history import CATEGORIES, CHANNELS, ONLINE_CHANNELS
 from schemas.tables import CUSTOMER_STATE
@@ -109,47 +111,25 @@ _UUID_HEX_COLUMNS = [i for i in range(36) if i not in (8, 13, 18, 23)]
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProduceSettings:
-    """What `flo-seg produce` sends, how fast and for how long; filled from CLI flags in `main()`."""
+@pydantic_dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class ProduceSettings(ProduceOptions):
+    """What `flo-seg produce` sends (the `[produce]` settings), where, and for how long."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "flo.orders"
-    events: int | None = None  # stop after this many (None: until duration / forever)
-    duration_s: float | None = None
-    rate: float | None = None  # events/s; None = as fast as possible
-    seed: int = 42
-    new_customer_share: float = 0.05
-    duplicate_share: float = 0.0  # re-send an already-sent event (same event_id, same payload)
-    malformed_share: float = 0.0  # one of MALFORMED_KINDS, uniformly
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    topic: str = ORDERS_TOPIC
+    events: Annotated[int, Field(ge=0)] | None = None  # stop after this many (None: until duration / forever)
+    duration_s: PositiveFinite | None = None
     start_ts: datetime | None = None  # event-time start (tz-aware); default: latest last order + 1 day
-    event_seconds: float = 60.0  # mean event-time gap between consecutive orders
-    late_share: float = 0.0  # orders whose order_ts is 1-30 days before the current event time
-    kafka_options: dict[str, str] = field(default_factory=dict)  # extra producer configs (security etc.)
+    kafka_options: dict[str, str] = Field(default_factory=dict)  # extra producer configs (security etc.)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _possible(self) -> ProduceSettings:
         """Reject impossible settings here, before a broker connection is made."""
-        shares = {
-            "new_customer_share": self.new_customer_share,
-            "duplicate_share": self.duplicate_share,
-            "malformed_share": self.malformed_share,
-            "late_share": self.late_share,
-        }
-        for name, share in shares.items():
-            if not 0.0 <= share <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {share}")
         if self.duplicate_share + self.malformed_share > 1.0:
             raise ValueError("duplicate_share + malformed_share must not exceed 1")
-        if self.events is not None and self.events < 0:
-            raise ValueError(f"events must be >= 0, got {self.events}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
-        if self.rate is not None and self.rate <= 0:
-            raise ValueError(f"rate must be > 0, got {self.rate}")
-        if self.event_seconds < 0:
-            raise ValueError(f"event_seconds must be >= 0, got {self.event_seconds}")
         if self.start_ts is not None and self.start_ts.utcoffset() is None:
             raise ValueError("start_ts must be timezone-aware")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -32,21 +32,6 @@ def default_checkpoint(lake: LakeSettings, query_name: str) -> str:
     return str(Path(root).resolve().parent / "checkpoints" / query_name)
 
 
-def read_kafka_options(pairs: list[str], options_file: str | None) -> dict[str, str]:
-    """Extra Kafka client settings (TLS/SASL...) from KEY=VALUE flags and a properties file, never from code."""
-    options: dict[str, str] = {}
-    lines = Path(options_file).read_text().splitlines() if options_file else []
-    for raw in [*lines, *pairs]:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "=" not in line:
-            raise ValueError(f"Kafka option {line!r} is not KEY=VALUE")
-        key, value = (part.strip() for part in line.split("=", 1))
-        options[key if key.startswith("kafka.") else f"kafka.{key}"] = value
-    return options
-
-
 def stop_between_batches(query: StreamingQuery, timeout_s: float = 120.0) -> None:
     """Stop the query once no micro-batch runs (or after `timeout_s`): `stop()` interrupts a running batch.
 

@@ -39,7 +39,7 @@ def kafka_bootstrap() -> str:
     """The broker that `make stack-up` starts; under `make test` (FLO_REQUIRE_KAFKA=1) it must answer."""
     from flo_seg.stack import broker_answers
 
-    address = os.environ.get("FLO_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    address = os.environ.get("FLO_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     if not broker_answers(address, timeout_s=3.0):
         message = f"Kafka broker not reachable at {address}; run `make stack-up` (make test starts it itself)"
         if os.environ.get("FLO_REQUIRE_KAFKA") == "1":

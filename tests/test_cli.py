@@ -27,7 +27,7 @@ from flo_seg.progress import progress
 )
 def test_global_options_go_before_or_after_the_command(argv: list[str], lake: str | None, verbose: bool) -> None:
     args = cli.build_parser().parse_args(argv)
-    assert (args.lake, args.verbose) == (lake, verbose)
+    assert (getattr(args, "lake", None), args.verbose) == (lake, verbose)
 
 
 def test_generate_takes_no_lake(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,7 +33,7 @@ from streaming.job import StreamSettings, start_stream
 
 # Same shuffle partitions as the `spark` fixture: the k-means start and the quantile sketches depend on
 # how rows are partitioned, so both sides must partition alike for the results to be comparable.
-SUBMIT_ENV = {"FLO_SHUFFLE_PARTITIONS": "2", "FLO_SPARK_LOG_LEVEL": "WARN"}
+SUBMIT_ENV = {"FLO_SPARK_SHUFFLE_PARTITIONS": "2", "FLO_SPARK_LOG_LEVEL": "WARN"}
 SEGMENT_COLUMNS = [
     "segment",
     "cluster",

@@ -235,17 +235,20 @@ def test_parent_pid_without_every_is_refused_before_any_work(
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        ["compact", "--every", "inf"],
-        ["compact", "--every", "nan"],
-        ["compact", "--every", "0"],
-        ["stream", "--compact-seconds", "inf"],
-        ["stream", "--compact-seconds", "-1"],
+        (["compact", "--every", "inf"], "must be a finite number > 0, got inf"),
+        (["compact", "--every", "nan"], "must be a finite number > 0, got nan"),
+        (["compact", "--every", "0"], "must be a finite number > 0, got 0"),
+        (["stream", "--compact-seconds", "inf"], "argument --compact-seconds: must be a finite number, got inf"),
+        (
+            ["stream", "--compact-seconds", "-1"],
+            "argument --compact-seconds: Input should be greater than or equal to 0",
+        ),
     ],
 )
-def test_compaction_intervals_must_be_finite(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_compaction_intervals_must_be_finite(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.build_parser().parse_args(argv)
     assert exited.value.code == 2
-    assert "must be a finite number" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

@@ -26,8 +26,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from flo_seg.cli import build_parser
-from flo_seg.settings import LakeSettings
+from flo_seg.cli import build_parser, given_settings
+from flo_seg.settings import LakeSettings, Settings, load_settings
 from flo_seg.stack import ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, STACK_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +252,15 @@ def app_args(compose: dict[str, Any], runtime: list[tuple[str, str]], name: str)
     return parse_flo_seg(image_argv(runtime, compose["services"][name]))
 
 
+def app_settings(compose: dict[str, Any], runtime: list[tuple[str, str]], name: str) -> Settings:
+    """The settings one app service runs with: its flags over its environment (image ENV, then compose's)."""
+    parser = build_parser()
+    args = parser.parse_args(image_argv(runtime, compose["services"][name])[1:])
+    given, names = given_settings(parser, args)
+    environ = {**env_of(runtime), **environment(compose["services"][name])}
+    return load_settings(given, environ=environ, flag_names=names).settings
+
+
 # ---------------------------------------------------------------- the tools themselves
 
 
@@ -314,17 +323,18 @@ def test_stream_and_produce_use_the_compose_broker_and_the_stack_topics(
     compose: dict[str, Any], runtime: list[tuple[str, str]]
 ) -> None:
     """Both talk to kafka:9092 on the topics flo_seg.stack creates; stream runs until stopped."""
-    stream = app_args(compose, runtime, "stream")
-    produce = app_args(compose, runtime, "produce")
+    stream, produce = (app_settings(compose, runtime, name).kafka for name in ("stream", "produce"))
     assert stream.bootstrap_servers == produce.bootstrap_servers == KAFKA_BOOTSTRAP
-    assert stream.topic == produce.topic == ORDERS_TOPIC.name
+    assert stream.orders_topic == produce.orders_topic == ORDERS_TOPIC.name
     assert stream.changes_topic == SEGMENT_CHANGES_TOPIC.name
-    assert (stream.available_now, stream.duration) == (False, None)
-    assert (produce.rate, produce.duration) == (1000.0, 600.0)
+    stream_args, produce_args = app_args(compose, runtime, "stream"), app_args(compose, runtime, "produce")
+    assert (stream_args.available_now, stream_args.duration) == (False, None)
+    assert app_settings(compose, runtime, "produce").produce.rate == 1000.0
+    assert produce_args.duration == 600.0
     advertised = environment(compose["services"]["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
     assert f"PLAINTEXT://{KAFKA_BOOTSTRAP}" in advertised.split(",")
     for name in APP_SERVICES:
-        assert environment(compose["services"][name])["FLO_KAFKA_BOOTSTRAP"] == KAFKA_BOOTSTRAP
+        assert environment(compose["services"][name])["FLO_KAFKA_BOOTSTRAP_SERVERS"] == KAFKA_BOOTSTRAP
 
 
 def test_kafka_init_creates_the_stack_topics(compose: dict[str, Any]) -> None:
@@ -369,8 +379,9 @@ def test_lake_and_checkpoints_are_shared_at_the_paths_the_code_uses(
     from streaming.run import default_checkpoint
 
     lake = env_of(runtime)["FLO_LAKE"]
-    stream = app_args(compose, runtime, "stream")
-    checkpoint = default_checkpoint(LakeSettings(root=lake), stream.query_name)
+    stream = app_settings(compose, runtime, "stream")
+    assert stream.lake == lake and stream.stream.checkpoint is None
+    checkpoint = default_checkpoint(LakeSettings(root=lake), stream.stream.query_name)
     checkpoint_root = str(PurePosixPath(checkpoint).parent)
     assert (lake, checkpoint_root) == ("/data/lake", "/data/checkpoints")
     for name in [*APP_SERVICES, "spark-worker"]:
@@ -428,7 +439,7 @@ def test_dockerfile_resolves_the_makefiles_jars_the_same_way(stages: list[list[t
 def test_dockerfile_builds_the_state_step_as_the_makefile_does(
     stages: list[list[tuple[str, str]]], runtime: list[tuple[str, str]]
 ) -> None:
-    """jvm/state is built by the same Maven call and lands beside the other jars (FLO_JARS_DIR)."""
+    """jvm/state is built by the same Maven call and lands beside the other jars (FLO_SPARK_JARS_DIR)."""
     state = stage_named(stages, "state")
     assert [c.split()[0] for c in instructions(state, "COPY")] == ["jvm/settings.xml", "jvm/state"]
     (mvn,) = (shlex.split(run) for run in instructions(state, "RUN") if run.startswith("mvn "))
@@ -436,13 +447,13 @@ def test_dockerfile_builds_the_state_step_as_the_makefile_does(
         assert mvn[mvn.index(flag) + 1] == value
     assert "package" in mvn
     assert "$(MVN) -f jvm/state/pom.xml package" in (REPO / "Makefile").read_text()
-    jar = "/build/jvm/state/target/flo-seg-state.jar " + env_of(runtime)["FLO_JARS_DIR"] + "/flo-seg-state.jar"
+    jar = "/build/jvm/state/target/flo-seg-state.jar " + env_of(runtime)["FLO_SPARK_JARS_DIR"] + "/flo-seg-state.jar"
     assert "--from=state " + jar in instructions(runtime, "COPY")
 
 
 def test_runtime_image_gets_the_jars_where_flo_jars_dir_points(runtime: list[tuple[str, str]]) -> None:
-    """FLO_JARS_DIR (read by flo_seg.settings) is where the jars stage's output is copied."""
-    jars_dir = env_of(runtime)["FLO_JARS_DIR"]
+    """FLO_SPARK_JARS_DIR (read by flo_seg.settings) is where the jars stage's output is copied."""
+    jars_dir = env_of(runtime)["FLO_SPARK_JARS_DIR"]
     assert "--from=jars /opt/flo/jars " + jars_dir in instructions(runtime, "COPY")
     assert jars_dir == "/opt/flo/jars"
 
