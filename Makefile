@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# devstack/ and benchmarks/ are not installed (they are not the product): the venv sees the checkout.
+	$(BIN)/python -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "flo-seg-checkout.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 $(JARS)/spark/.resolved: jvm/spark/pom.xml jvm/settings.xml
@@ -74,15 +76,15 @@ docker-tools:
 .PHONY: test
 test: setup docker-tools ## Run all tests; starts the Kafka broker and the local Spark cluster they need, stops them after
 	@kafka=0; cluster=0; \
-	if ! $(BIN)/python -m flo_seg.stack status >/dev/null 2>&1; then \
-	  $(BIN)/python -m flo_seg.stack up || exit 1; kafka=1; \
+	if ! $(BIN)/python -m devstack.stack status >/dev/null 2>&1; then \
+	  $(BIN)/python -m devstack.stack up || exit 1; kafka=1; \
 	fi; \
-	if ! $(BIN)/python -m flo_seg.cluster status >/dev/null 2>&1; then \
-	  $(BIN)/python -m flo_seg.cluster up || { [ $$kafka = 1 ] && $(BIN)/python -m flo_seg.stack down; exit 1; }; cluster=1; \
+	if ! $(BIN)/python -m devstack.cluster status >/dev/null 2>&1; then \
+	  $(BIN)/python -m devstack.cluster up || { [ $$kafka = 1 ] && $(BIN)/python -m devstack.stack down; exit 1; }; cluster=1; \
 	fi; \
 	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_CLUSTER=1 FLO_REQUIRE_DOCKER_TOOLS=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$cluster = 1 ]; then $(BIN)/python -m flo_seg.cluster down; fi; \
-	if [ $$kafka = 1 ]; then $(BIN)/python -m flo_seg.stack down; fi; \
+	if [ $$cluster = 1 ]; then $(BIN)/python -m devstack.cluster down; fi; \
+	if [ $$kafka = 1 ]; then $(BIN)/python -m devstack.stack down; fi; \
 	exit $$rc
 
 # ---------------------------------------------------------------- product
@@ -90,7 +92,7 @@ DEMO_ARGS ?=
 
 .PHONY: demo
 demo: setup stack-up ## The whole product on built-in data: generate, train, stream + produce for a minute, report
-	$(BIN)/python -m flo_seg.demo $(DEMO_ARGS)
+	$(BIN)/python -m devstack.demo $(DEMO_ARGS)
 
 .PHONY: clean
 clean: ## Remove the lake, checkpoints, generated data and reports (keeps .venv and jars)
@@ -98,20 +100,20 @@ clean: ## Remove the lake, checkpoints, generated data and reports (keeps .venv 
 
 # ---------------------------------------------------------------- local Kafka stack
 # One KRaft broker+controller as a plain Java process (no Docker); config, data, log and pid live in
-# .stack/kafka (FLO_STACK_DIR), the port is FLO_STACK_KAFKA_PORT (default 9092). See flo_seg/stack.py.
+# .stack/kafka (FLO_STACK_DIR), the port is FLO_STACK_KAFKA_PORT (default 9092). See devstack/stack.py.
 # stack-down and stack-status need only the venv: re-resolving .jars/kafka (which first deletes it)
 # under a running broker must not be the first step of stopping it.
 .PHONY: stack-up
 stack-up: $(VENV)/.installed $(JARS)/kafka/.resolved ## Start the local Kafka broker and create its topics (idempotent)
-	$(BIN)/python -m flo_seg.stack up
+	$(BIN)/python -m devstack.stack up
 
 .PHONY: stack-down
 stack-down: $(VENV)/.installed ## Stop the local Kafka broker (idempotent)
-	$(BIN)/python -m flo_seg.stack down
+	$(BIN)/python -m devstack.stack down
 
 .PHONY: stack-status
 stack-status: $(VENV)/.installed ## Show whether the local Kafka broker runs, its topics and log (exit 3 if not)
-	$(BIN)/python -m flo_seg.stack status
+	$(BIN)/python -m devstack.stack status
 
 # ---------------------------------------------------------------- docker (for users who have Docker)
 # docker/compose.yaml: Kafka (KRaft), a Spark master + worker and the flo-seg jobs; see docker/README.md.
@@ -138,19 +140,19 @@ docker-lint: $(VENV)/.installed ## Static checks of docker/ (compose config, had
 # 127.0.0.1; pid files, logs and work dirs live in .stack/spark (FLO_STACK_DIR), ports are
 # FLO_STACK_SPARK_MASTER_PORT (7077), FLO_STACK_SPARK_MASTER_WEBUI_PORT (8080),
 # FLO_STACK_SPARK_WORKER_WEBUI_PORT (8081+).
-# cluster-submit ships the project as a zip (--py-files) and .jars/spark (--jars). See flo_seg/cluster.py.
+# cluster-submit ships the project as a zip (--py-files) and .jars/spark (--jars). See devstack/cluster.py.
 .PHONY: cluster-up
 cluster-up: $(VENV)/.installed ## Start the local Spark standalone master + 2 workers (idempotent)
-	$(BIN)/python -m flo_seg.cluster up
+	$(BIN)/python -m devstack.cluster up
 
 .PHONY: cluster-down
 cluster-down: $(VENV)/.installed ## Stop the local Spark cluster's workers and master (idempotent)
-	$(BIN)/python -m flo_seg.cluster down
+	$(BIN)/python -m devstack.cluster down
 
 .PHONY: cluster-status
 cluster-status: $(VENV)/.installed ## Show the Spark master URL, workers, apps and logs (exit 3 if not running)
-	$(BIN)/python -m flo_seg.cluster status
+	$(BIN)/python -m devstack.cluster status
 
 .PHONY: cluster-submit
 cluster-submit: $(VENV)/.installed $(JARS)/spark/.resolved ## Run flo-seg on the cluster: make cluster-submit ARGS="train --history data/history.csv"
-	$(BIN)/python -m flo_seg.cluster submit -- $(ARGS)
+	$(BIN)/python -m devstack.cluster submit -- $(ARGS)

@@ -32,9 +32,9 @@ from pyspark.sql import DataFrame, SparkSession
 import streaming.job as job
 from batch.compact import log_version
 from benchmarks.streaming import MetricsRecorder, produce_in_process
+from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, default_spark_settings
 from flo_seg.spark import build_session
-from flo_seg.stack import TopicSpec, ensure_topics
 from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE, SEGMENT_CHANGES, SEGMENT_LOG, STATE_LOG
 from streaming.customer_state import bootstrap_state
 from streaming.job import StreamSettings, prepare_tables, start_stream

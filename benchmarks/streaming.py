@@ -58,9 +58,9 @@ from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
 from benchmarks.merge_design import start_merge_stream
+from devstack.stack import TopicSpec, admin_client, ensure_topics
 from flo_seg.settings import REPO_ROOT, LakeSettings, TrainSettings, default_spark_settings
 from flo_seg.spark import build_session
-from flo_seg.stack import TopicSpec, admin_client, ensure_topics
 from schemas.tables import (
     COMPACTIONS,
     CUSTOMER_SEGMENTS,

@@ -37,7 +37,7 @@ def real_data_path() -> Path:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """The broker that `make stack-up` starts; under `make test` (FLO_REQUIRE_KAFKA=1) it must answer."""
-    from flo_seg.stack import broker_answers
+    from devstack.stack import broker_answers
 
     address = os.environ.get("FLO_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     if not broker_answers(address, timeout_s=3.0):

@@ -18,8 +18,8 @@ from pyspark.sql import types as T
 
 from batch.generate import write_history_csv
 from batch.train import run_train
+from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
-from flo_seg.stack import TopicSpec, ensure_topics
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))

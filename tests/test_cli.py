@@ -83,7 +83,7 @@ def test_library_chatter_is_off_unless_verbose(verbose: bool, level: int) -> Non
         setup_logging(verbose)
         assert logging.getLogger("kafka.conn").getEffectiveLevel() == level
         assert logging.getLogger("py4j.clientserver").getEffectiveLevel() == level
-        assert logging.getLogger("flo_seg.demo").isEnabledFor(logging.INFO)
+        assert logging.getLogger("devstack.demo").isEnabledFor(logging.INFO)
     finally:
         for logger, old in zip(loggers, before, strict=True):
             logger.setLevel(old)

@@ -26,9 +26,9 @@ from batch.compact import compact_lake
 from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
-from flo_seg import cluster as cl
+from devstack import cluster as cl
+from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
-from flo_seg.stack import TopicSpec, ensure_topics
 from streaming.job import StreamSettings, start_stream
 
 # Same shuffle partitions as the `spark` fixture: the k-means start and the quantile sketches depend on
@@ -65,7 +65,7 @@ class RunningCluster:
 
 @dataclass(frozen=True)
 class Submitted:
-    """What one `python -m flo_seg.cluster submit` printed, and the application it ran as."""
+    """What one `python -m devstack.cluster submit` printed, and the application it ran as."""
 
     output: str
     app_id: str
@@ -95,7 +95,7 @@ def spark_cluster() -> RunningCluster:
 def submit(running: RunningCluster, args: list[str], cwd: Path) -> Submitted:
     """Run flo-seg on the cluster from an unrelated working directory, as a user would."""
     wait_until_idle(running)
-    command = [sys.executable, "-m", "flo_seg.cluster", "submit", "--master", running.url, "--", *args]
+    command = [sys.executable, "-m", "devstack.cluster", "submit", "--master", running.url, "--", *args]
     result = subprocess.run(
         command, cwd=cwd, env={**os.environ, **SUBMIT_ENV}, capture_output=True, text=True, timeout=850, check=False
     )
@@ -163,7 +163,7 @@ def test_the_artifact_holds_every_package_and_is_reproducible(tmp_path: Path) ->
     names = set(zipfile.ZipFile(first).namelist())
     assert {"flo_seg/cli.py", "batch/train.py", "streaming/job.py", "schemas/tables.py"} <= names
     assert {"flo_seg/log4j2.properties", "schemas/order_event.schema.json"} <= names
-    assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
+    assert not any("__pycache__" in n or n.startswith(("tests/", "devstack/")) for n in names)
     # Imported from the zip alone, as an executor's Python worker would (the zip first on sys.path).
     code = f"import sys; sys.path.insert(0, {str(first)!r}); import flo_seg.cli, batch.train, streaming.job; print(flo_seg.cli.__file__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)

@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 
 import pytest
 
+from devstack.stack import ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, STACK_TOPICS
 from flo_seg.cli import build_parser, given_settings
 from flo_seg.settings import LakeSettings, Settings, load_settings
-from flo_seg.stack import ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, STACK_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
@@ -322,7 +322,7 @@ def test_generate_and_train_share_the_history_file(compose: dict[str, Any], runt
 def test_stream_and_produce_use_the_compose_broker_and_the_stack_topics(
     compose: dict[str, Any], runtime: list[tuple[str, str]]
 ) -> None:
-    """Both talk to kafka:9092 on the topics flo_seg.stack creates; stream runs until stopped."""
+    """Both talk to kafka:9092 on the topics devstack.stack creates; stream runs until stopped."""
     stream, produce = (app_settings(compose, runtime, name).kafka for name in ("stream", "produce"))
     assert stream.bootstrap_servers == produce.bootstrap_servers == KAFKA_BOOTSTRAP
     assert stream.orders_topic == produce.orders_topic == ORDERS_TOPIC.name
@@ -338,7 +338,7 @@ def test_stream_and_produce_use_the_compose_broker_and_the_stack_topics(
 
 
 def test_kafka_init_creates_the_stack_topics(compose: dict[str, Any]) -> None:
-    """Same names and partition counts as flo_seg.stack.STACK_TOPICS; the broker creates none itself."""
+    """Same names and partition counts as devstack.stack.STACK_TOPICS; the broker creates none itself."""
     script = " ".join(argv_list(compose["services"]["kafka-init"]["command"]))
     created = {name: int(n) for name, n in re.findall(r"--topic (\S+) --partitions (\d+)", script)}
     assert created == {t.name: t.partitions for t in STACK_TOPICS}

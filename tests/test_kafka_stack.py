@@ -20,8 +20,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from flo_seg import stack
-from flo_seg.procs import read_pid
+from devstack import stack
+from devstack.procs import read_pid
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -31,7 +31,7 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 def run_stack(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, so exit codes and messages are what is asserted."""
     return subprocess.run(
-        [sys.executable, "-m", "flo_seg.stack", *args],
+        [sys.executable, "-m", "devstack.stack", *args],
         cwd=REPO_DIR,
         env={**os.environ, **(env or {})},
         capture_output=True,

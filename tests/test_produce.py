@@ -25,7 +25,7 @@ from kafka import KafkaConsumer
 from pyspark.sql import SparkSession
 
 from batch.lake import overwrite_table
-from flo_seg import stack
+from devstack import stack
 from flo_seg.settings import LakeSettings
 from schemas.events import JSON_SCHEMA_PATH
 from schemas.tables import CUSTOMER_STATE, CUSTOMER_STATE_SCHEMA

@@ -31,8 +31,8 @@ from batch.compact import compact_lake
 from batch.lake import read_table
 from batch.score import load_current_model, score_customers
 from batch.train import run_train
+from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
-from flo_seg.stack import TopicSpec, ensure_topics
 from streaming.job import StreamSettings, read_clock, start_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -18,8 +18,8 @@ from streaming_support import send, train_small_lake
 
 from batch.compact import compact_lake
 from batch.lake import read_table
+from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings
-from flo_seg.stack import TopicSpec, ensure_topics
 from streaming.job import StreamSettings, start_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 from flo_seg.logs import setup_logging
 from flo_seg.settings import load_settings
 
-log = logging.getLogger("flo_seg.demo")
+log = logging.getLogger("devstack.demo")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +109,7 @@ def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str], lag
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; every step prints what it does."""
-    parser = argparse.ArgumentParser(prog="python -m flo_seg.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
     parser.add_argument("--workdir", default="demo", help="folder for the demo's data, lake and report")
     parser.add_argument("--customers", type=int, default=50_000, help="generated customers (default 50000)")
     parser.add_argument("--produce-seconds", type=float, default=60.0, help="how long to produce (default 60)")

@@ -1,6 +1,6 @@
 """Local daemons (the Kafka broker, the Spark master and workers): pid files, liveness, ports, logs.
 
-Shared by `flo_seg.stack` and `flo_seg.cluster`, which start JVMs as plain processes and must never
+Shared by `devstack.stack` and `devstack.cluster`, which start JVMs as plain processes and must never
 signal a process that merely reuses a recorded pid.
 """
 

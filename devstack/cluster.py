@@ -1,13 +1,13 @@
 """A local Spark standalone cluster (one master, two one-core workers) and `flo-seg` jobs submitted to it.
 
-`python -m flo_seg.cluster up|down|status` (or `make cluster-up|cluster-down|cluster-status`) starts the
+`python -m devstack.cluster up|down|status` (or `make cluster-up|cluster-down|cluster-status`) starts the
 master and the workers as separate JVMs from the pyspark installation's own launcher
 (`<pyspark>/bin/spark-class`), bound to 127.0.0.1. The pip wheel ships no `sbin/start-master.sh` or
 `start-worker.sh` (only `spark-daemon.sh`), so each daemon is started here, detached, with its pid file
 and log under the git-ignored state dir (`.stack/spark`, FLO_STACK_DIR). Every daemon runs in its own
 process group, so `down` also ends the executors and Python workers a worker started.
 
-`python -m flo_seg.cluster submit -- <flo-seg args>` (or `make cluster-submit ARGS="..."`) runs
+`python -m devstack.cluster submit -- <flo-seg args>` (or `make cluster-submit ARGS="..."`) runs
 `spark-submit --master spark://127.0.0.1:7077` in client mode with:
 
 - the project as a zip of the packages schemas/batch/streaming/flo_seg, through `--py-files`. Not a
@@ -21,7 +21,7 @@ process group, so `down` also ends the executors and Python workers a worker sta
 
       python -m venv /tmp/env && /tmp/env/bin/pip install pyspark==4.2.0 numpy pandas pyarrow scipy \\
           venv-pack && /tmp/env/bin/venv-pack -p /tmp/env -o venv.tar.gz
-      python -m flo_seg.cluster submit --master spark://<host>:7077 \\
+      python -m devstack.cluster submit --master spark://<host>:7077 \\
           --spark-arg=--archives --spark-arg=venv.tar.gz#env \\
           --conf spark.pyspark.python=./env/bin/python --python "$(which python)" -- train --history ...
 
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flo_seg.procs import env_int, is_java_main, is_port_taken, read_pid, tail, wait_until
+from devstack.procs import env_int, is_java_main, is_port_taken, read_pid, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
 # The fixed zip timestamp makes the artifact's bytes a function of the sources only.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-LAUNCHER = '''"""spark-submit's primary resource, written by flo_seg.cluster: flo-seg from the shipped artifact."""
+LAUNCHER = '''"""spark-submit's primary resource, written by devstack.cluster: flo-seg from the shipped artifact."""
 
 import sys
 
@@ -362,7 +362,7 @@ def up(settings: ClusterSettings) -> dict[str, Any]:
             if started_with != settings.as_json():
                 raise ClusterError(
                     f"the running cluster was started with other settings ({settings.settings_path}: "
-                    f"{started_with}); run `python -m flo_seg.cluster down` first to apply the new ones"
+                    f"{started_with}); run `python -m devstack.cluster down` first to apply the new ones"
                 )
         to_start = [d for d in daemons if running[d.name] is None]
         if not to_start:
@@ -719,9 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster (default 90)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser = argparse.ArgumentParser(
-        prog="python -m flo_seg.cluster",
+        prog="python -m devstack.cluster",
         description="A local Spark standalone cluster (master + one-core workers) and flo-seg jobs on it.",
-        epilog="example: python -m flo_seg.cluster submit -- --lake /tmp/lake train --history data.csv",
+        epilog="example: python -m devstack.cluster submit -- --lake /tmp/lake train --history data.csv",
     )
     verbs = parser.add_subparsers(dest="command", required=True, metavar="{up,down,status,submit}")
     verbs.add_parser("up", parents=[common], help="start master and workers (idempotent), wait for them")
