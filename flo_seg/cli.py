@@ -435,6 +435,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Train, publish and segment; print the run summary."""
     from batch.segments import ARCHETYPES
     from batch.train import run_train
+    from flo_seg.progress import spark_progress
     from flo_seg.spark import build_session
 
     if args.replace_state and not args.history:
@@ -446,9 +447,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if chosen.k_max > len(ARCHETYPES):
         raise SystemExit(f"flo-seg train: --k-max must be at most {len(ARCHETYPES)}, got {chosen.k_max}")
     spark = build_session(_spark(settings, "train"))
-    summary = run_train(
-        spark, lake, chosen, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
-    )
+    with spark_progress(spark, "train"):
+        summary = run_train(
+            spark, lake, chosen, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
+        )
     if args.history:
         print(
             f"rows read {summary.rows_read}, kept {summary.rows_kept}, quarantined {sum(summary.quarantined.values())}"
@@ -467,10 +469,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rescore(args: argparse.Namespace, settings: Settings) -> int:
     """Re-score all customers with the current model."""
     from batch.rescore import run_rescore
+    from flo_seg.progress import spark_progress
     from flo_seg.spark import build_session
 
     spark = build_session(_spark(settings, "rescore"))
-    sizes = run_rescore(spark, _lake(settings), as_of=args.as_of)
+    started = time.monotonic()
+    with spark_progress(spark, "rescore"):
+        sizes = run_rescore(spark, _lake(settings), as_of=args.as_of)
+    print(f"re-scored {sum(sizes.values())} customers in {time.monotonic() - started:.1f}s")
     for name, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<28} {n:>9}")
     return 0
@@ -479,10 +485,13 @@ def cmd_rescore(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Write the report files and print their paths."""
     from batch.report import run_report
+    from flo_seg.progress import spark_progress
     from flo_seg.spark import build_session
 
     spark = build_session(_spark(settings, "report"))
-    for path in run_report(spark, _lake(settings), args.out):
+    with spark_progress(spark, "report"):
+        paths = run_report(spark, _lake(settings), args.out)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -505,15 +514,17 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
     """OPTIMIZE and VACUUM the stream's tables; one line per table."""
     from batch.maintain import MAINTAINED_TABLES, run_maintenance
+    from flo_seg.progress import spark_progress
     from flo_seg.spark import build_session
 
     spark = build_session(_spark(settings, "maintain"))
-    results = run_maintenance(
-        spark,
-        _lake(settings),
-        tables=tuple(args.tables or MAINTAINED_TABLES),
-        retain_hours=None if args.no_vacuum else args.retain_hours,
-    )
+    with spark_progress(spark, "maintain"):
+        results = run_maintenance(
+            spark,
+            _lake(settings),
+            tables=tuple(args.tables or MAINTAINED_TABLES),
+            retain_hours=None if args.no_vacuum else args.retain_hours,
+        )
     for r in results:
         vacuum = f", VACUUM {r.vacuum_seconds:.1f}s" if r.vacuum_seconds is not None else ""
         optimize = f"OPTIMIZE {r.optimize_seconds:.1f}s"
@@ -545,6 +556,7 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     """Compact the stream's logs into the tables users read; one line per log."""
     from batch.compact import compact_lake, compact_until_stopped
+    from flo_seg.progress import spark_progress
     from flo_seg.spark import build_session
 
     if args.parent_pid is not None and args.every is None:
@@ -552,7 +564,9 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     spark = build_session(_spark(settings, "compact"))
     if args.every is not None:
         return compact_until_stopped(spark, _lake(settings), args.every, parent_pid=args.parent_pid)
-    for done in compact_lake(spark, _lake(settings)):
+    with spark_progress(spark, "compact"):
+        compacted = compact_lake(spark, _lake(settings))
+    for done in compacted:
         print(
             f"  {done.log:<12} versions {done.from_version}..{done.to_version}: {done.rows_read} rows, "
             f"{done.customers} customers, {done.seconds:.1f}s"

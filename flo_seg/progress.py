@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 class Progress:
@@ -36,3 +41,31 @@ def progress(desc: str, total: int | None, unit: str, log: logging.Logger) -> It
     bar_args = {"total": total, "desc": desc, "unit": f" {unit}", "unit_scale": True, "file": sys.stderr}
     with logging_redirect_tqdm(), tqdm(**bar_args) as bar:
         yield Progress(bar, log)
+
+
+@contextmanager
+def spark_progress(spark: SparkSession, desc: str, *, interval_s: float = 0.5) -> Iterator[None]:
+    """On a terminal, a bar of the tasks of the Spark stages running now, under the step logs; elsewhere
+    nothing (the steps log their start and duration). Spark's console progress bar stays off."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    tracker = spark.sparkContext.statusTracker()
+    stopped = threading.Event()
+    with logging_redirect_tqdm(), tqdm(desc=desc, total=0, unit=" tasks", file=sys.stderr, leave=False) as bar:
+
+        def poll() -> None:
+            while not stopped.wait(interval_s):
+                stages = [s for s in map(tracker.getStageInfo, tracker.getActiveStageIds()) if s is not None]
+                bar.total = sum(s.numTasks for s in stages)
+                bar.n = sum(s.numCompletedTasks for s in stages)
+                names = sorted({s.name.split(" at ")[0] for s in stages})
+                bar.set_postfix_str(f"stages {','.join(str(s.stageId) for s in stages)} {' '.join(names)}"[:60])
+
+        thread = threading.Thread(target=poll, name="spark-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            thread.join()

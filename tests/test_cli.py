@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 
 from flo_seg import cli
 from flo_seg.logs import NOISY_LIBRARIES, setup_logging
-from flo_seg.progress import progress
+from flo_seg.progress import progress, spark_progress
 
 
 @pytest.mark.parametrize(
@@ -131,3 +136,29 @@ def test_an_open_ended_bar_counts_and_shows_its_postfix(monkeypatch: pytest.Monk
     drawn = terminal.getvalue()
     assert "produce: 1.50k events" in drawn
     assert "rate=750/s, event_time=2021-06-01 10:00" in drawn
+
+
+def test_a_spark_step_draws_the_running_stages_tasks_on_a_terminal(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    def slow(rows: Iterator[Any]) -> Iterator[int]:
+        time.sleep(0.4)
+        yield sum(1 for _ in rows)
+
+    with spark_progress(spark, "train", interval_s=0.05):
+        counts = spark.sparkContext.parallelize(range(60), 6).mapPartitions(slow).collect()
+    assert sum(counts) == 60
+    drawn = terminal.getvalue()
+    assert re.search(r"train: +\d+%\|.*\| [1-6]/6 \[", drawn), drawn[-500:]
+    assert "stages " in drawn
+
+
+def test_a_spark_step_draws_nothing_elsewhere(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", elsewhere)
+    with spark_progress(spark, "train", interval_s=0.05):
+        spark.range(10).count()
+    assert elsewhere.getvalue() == ""
