@@ -17,11 +17,9 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +27,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import psutil
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -43,6 +40,8 @@ from batch.model import SCALED, vectors
 from batch.score import ScoringModel, load_current_model, resolve_as_of, score_customers
 from batch.segments import ARCHETYPES
 from batch.train import run_train
+from benchmarks import toolkit
+from benchmarks.toolkit import MemorySampler, machine, uptime
 from flo_seg.settings import LakeSettings, TrainSettings, default_spark_settings
 from flo_seg.spark import build_session
 from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE
@@ -71,77 +70,6 @@ TRAIN_CLI = "flo-seg train, fresh process"
 STAGES: tuple[str, ...] = (GENERATE, FLOOR, TRAIN_CLI, TRAIN_AUTO, TRAIN_FIXED, SCORE, TO_NUMPY, SKLEARN)
 
 StageAction = Callable[[], tuple[int, dict[str, object]]]
-
-
-class MemorySampler:
-    """Peak RSS of this Python driver and of its Spark JVM, sampled by a background thread."""
-
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self._interval_s = interval_s
-        self._driver = psutil.Process()
-        self._jvm: psutil.Process | None = None
-        self._lock = threading.Lock()
-        self._peak_driver = 0
-        self._peak_jvm = 0
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def start(self) -> None:
-        """Begin sampling."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop sampling and wait for the thread."""
-        self._stopped.set()
-        self._thread.join()
-
-    def _jvm_process(self) -> psutil.Process | None:
-        # PySpark starts the JVM through spark-submit's shell scripts, so it is a child or a grandchild.
-        if self._jvm is not None and self._jvm.is_running():
-            return self._jvm
-        self._jvm = next((p for p in self._driver.children(recursive=True) if "java" in p.name().lower()), None)
-        return self._jvm
-
-    def _rss(self) -> tuple[int, int]:
-        driver = self._driver.memory_info().rss
-        try:
-            jvm = self._jvm_process()
-            return driver, jvm.memory_info().rss if jvm is not None else 0
-        except psutil.Error:
-            self._jvm = None
-            return driver, 0
-
-    def sample(self) -> None:
-        """Take one sample now."""
-        driver, jvm = self._rss()
-        with self._lock:
-            self._peak_driver = max(self._peak_driver, driver)
-            self._peak_jvm = max(self._peak_jvm, jvm)
-
-    def reset(self) -> None:
-        """Start a new peak window at the current RSS."""
-        driver, jvm = self._rss()
-        with self._lock:
-            self._peak_driver, self._peak_jvm = driver, jvm
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """CPU seconds (user + system) used so far by the driver and by the JVM."""
-        driver = sum(self._driver.cpu_times()[:2])
-        try:
-            jvm = self._jvm_process()
-            return driver, sum(jvm.cpu_times()[:2]) if jvm is not None else 0.0
-        except psutil.Error:
-            return driver, 0.0
-
-    def peaks(self) -> tuple[int, int]:
-        """Peak (driver, JVM) RSS in bytes since the last reset."""
-        self.sample()
-        with self._lock:
-            return self._peak_driver, self._peak_jvm
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            self.sample()
 
 
 @dataclass(kw_only=True)
@@ -293,19 +221,34 @@ def _size_label(size: str, results: list[StageResult]) -> str:
 
 def markdown_table(results: list[StageResult]) -> str:
     """The results as a Markdown table, one row per size and stage."""
-    lines = [
-        "| customers | stage | rows | wall s | rows/s | driver RSS peak | JVM RSS peak | growth vs previous size |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    headers = [
+        "customers",
+        "stage",
+        "rows",
+        "wall s",
+        "rows/s",
+        "driver RSS peak",
+        "JVM RSS peak",
+        "growth vs previous size",
     ]
+    rows = []
     for r in results:
         wall = f"{r.seconds:.1f}" if r.seconds is not None else f"failed: {r.error}"
         rate = f"{r.rows_per_second:,.0f}" if r.rows_per_second else "–"
         growth = f"{r.growth:.2f}" if r.growth is not None else "–"
-        lines.append(
-            f"| {_size_label(r.size, results)} | {r.stage} | {r.rows:,} | {wall} | {rate} | "
-            f"{_gib(r.driver_rss_peak)} | {_gib(r.jvm_rss_peak)} | {growth} |"
+        rows.append(
+            (
+                _size_label(r.size, results),
+                r.stage,
+                f"{r.rows:,}",
+                wall,
+                rate,
+                _gib(r.driver_rss_peak),
+                _gib(r.jvm_rss_peak),
+                growth,
+            )
         )
-    return "\n".join(lines)
+    return toolkit.markdown_table(headers, rows, align="llrrrrrr")
 
 
 def verdict_lines(results: list[StageResult]) -> list[str]:
@@ -492,41 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
-
-
-def machine(spark: SparkSession) -> dict[str, object]:
-    """What the numbers were measured on."""
-    jvm = spark.sparkContext._jvm
-    return {
-        "nproc": os.cpu_count(),
-        "memory_total_bytes": psutil.virtual_memory().total,
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "java": str(jvm.java.lang.System.getProperty("java.version")) if jvm is not None else "unknown",
-        "spark": spark.version,
-        "delta_spark": metadata.version("delta-spark"),
-        "scikit_learn": metadata.version("scikit-learn"),
-        "master": spark.sparkContext.master,
-        "default_parallelism": spark.sparkContext.defaultParallelism,
-        "driver_memory": spark.conf.get("spark.driver.memory", None),
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every size in one session, print the table and the verdict, write the JSON."""
     args = build_parser().parse_args(argv)
@@ -536,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    uptime_before = _uptime()
+    uptime_before = uptime()
 
     settings = replace(default_spark_settings("flo-seg-bench"), driver_memory=args.driver_memory)
     spark = build_session(
@@ -554,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": args.sizes,
         "k": args.k,
         "seed": args.seed,
-        "machine": machine(spark),
+        "machine": machine(spark, scikit_learn=metadata.version("scikit-learn")),
         "uptime_before": uptime_before,
         "score_write": "score_customers on customer_state, Delta overwrite of customer_segments",
         "sklearn": "KMeans(n_clusters=k, n_init=3, max_iter=100), features standardised in numpy",
@@ -568,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
     finally:
         sampler.stop()
-        meta["uptime_after"] = _uptime()
+        meta["uptime_after"] = uptime()
         meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         bench.save()
     print()

@@ -18,6 +18,7 @@ from pathlib import Path
 from batch.generate import write_history_csv
 from batch.load import read_history
 from batch.validate import REASON, validate_history
+from benchmarks.toolkit import markdown_table
 from flo_seg.settings import default_spark_settings
 from flo_seg.spark import build_session
 
@@ -50,11 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert kept == args.customers, f"multiLine={multi_line}: kept {kept} of {args.customers}"
     size_mib = csv_path.stat().st_size / 2**20
     print(f"{args.customers} customers, {size_mib:.0f} MiB, {os.cpu_count()} cores, {spark.sparkContext.master}")
-    print("| multiLine | median s | runs s |")
-    print("|---|---|---|")
-    for multi_line in (True, False):
-        runs = ", ".join(f"{s:.1f}" for s in seconds[multi_line])
-        print(f"| {'on (product)' if multi_line else 'off'} | {statistics.median(seconds[multi_line]):.1f} | {runs} |")
+    rows = [
+        (
+            "on (product)" if multi_line else "off",
+            f"{statistics.median(seconds[multi_line]):.1f}",
+            ", ".join(f"{s:.1f}" for s in seconds[multi_line]),
+        )
+        for multi_line in (True, False)
+    ]
+    print(markdown_table(["multiLine", "median s", "runs s"], rows))
     on, off = statistics.median(seconds[True]), statistics.median(seconds[False])
     print(f"multiLine costs {on / off:.2f}x the splittable read ({on - off:+.1f} s)")
     spark.stop()

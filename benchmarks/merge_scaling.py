@@ -15,16 +15,12 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +30,7 @@ from pyspark.sql import functions as F
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
 from batch.lake import append_table
+from benchmarks.toolkit import machine, uptime
 from flo_seg.settings import LakeSettings, default_spark_settings
 from flo_seg.spark import build_session
 from schemas.history import CATEGORIES, CHANNELS
@@ -494,40 +491,6 @@ def growth_lines(results: list[LayoutResult]) -> list[str]:
     return lines
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine(spark: SparkSession) -> dict[str, object]:
-    """What the numbers were measured on."""
-    jvm = spark.sparkContext._jvm
-    return {
-        "nproc": os.cpu_count(),
-        "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "java": str(jvm.java.lang.System.getProperty("java.version")) if jvm is not None else "unknown",
-        "spark": spark.version,
-        "delta_spark": metadata.version("delta-spark"),
-        "master": spark.sparkContext.master,
-        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions", None),
-        "driver_memory": spark.conf.get("spark.driver.memory", None),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------
 # CLI.
 
@@ -616,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "merge_scaling.json"
-    uptime_before = _uptime()
+    uptime_before = uptime()
     settings = replace(default_spark_settings("flo-seg-merge-bench"), driver_memory=args.driver_memory)
     spark = build_session(
         settings,
@@ -655,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(bench_layout(spark, rows, layout, run))
                 save()
     finally:
-        meta["uptime_after"] = _uptime()
+        meta["uptime_after"] = uptime()
         meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         save()
     print()

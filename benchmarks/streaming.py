@@ -32,10 +32,8 @@ import logging
 import multiprocessing
 import os
 import pickle
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from delta.tables import DeltaTable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -58,6 +55,7 @@ from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
 from benchmarks.merge_design import start_merge_stream
+from benchmarks.toolkit import CpuMeter, machine, markdown_table, uptime
 from devstack.stack import TopicSpec, admin_client, ensure_topics
 from flo_seg.settings import REPO_ROOT, LakeSettings, TrainSettings, default_spark_settings
 from flo_seg.spark import build_session
@@ -233,88 +231,9 @@ class LatencyResult:
 # ---------------------------------------------------------------- machine and load
 
 
-class CpuMeter:
-    """Busy cores of the machine and of this benchmark's own processes (driver, JVM, producers) over a span.
-
-    The machine is shared, so the difference is what other jobs took while we measured.
-    """
-
-    def __init__(self) -> None:
-        self.load_before = os.getloadavg()[0]
-        self.started = time.monotonic()
-        self.busy, self.ours = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float]:
-        total = psutil.cpu_times()
-        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
-        me = psutil.Process()
-        ours = 0.0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                ours += times.user + times.system
-            except psutil.Error:
-                pass
-        own = me.cpu_times()
-        return busy, ours + own.children_user + own.children_system
-
-    def stop(self) -> dict[str, float]:
-        """Average busy cores since construction, and the 1-minute load average before and after."""
-        busy, ours = self._read()
-        wall = max(time.monotonic() - self.started, 1e-9)
-        machine_cores = (busy - self.busy) / wall
-        ours_cores = (ours - self.ours) / wall
-        return {
-            "machine_busy_cores": round(machine_cores, 2),
-            "benchmark_cores": round(ours_cores, 2),
-            "other_cores": round(max(machine_cores - ours_cores, 0.0), 2),
-            "load_before": self.load_before,
-            "load_after": os.getloadavg()[0],
-        }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
-
-
 def _kafka_broker_version() -> str:
     jars = sorted((REPO_ROOT / ".jars" / "kafka").glob("kafka_2.13-*.jar"))
     return jars[0].stem.removeprefix("kafka_2.13-") if jars else "unknown"
-
-
-def machine(spark: SparkSession) -> dict[str, object]:
-    """What the numbers were measured on."""
-    jvm = spark.sparkContext._jvm
-    return {
-        "nproc": os.cpu_count(),
-        "memory_total_bytes": psutil.virtual_memory().total,
-        "memory_available_bytes_at_start": psutil.virtual_memory().available,
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "java": str(jvm.java.lang.System.getProperty("java.version")) if jvm is not None else "unknown",
-        "spark": spark.version,
-        "delta_spark": metadata.version("delta-spark"),
-        "kafka_python": metadata.version("kafka-python"),
-        "kafka_broker": _kafka_broker_version(),
-        "master": spark.sparkContext.master,
-        "default_parallelism": spark.sparkContext.defaultParallelism,
-        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-        "driver_memory": spark.conf.get("spark.driver.memory", None),
-    }
 
 
 # ---------------------------------------------------------------- lake, profiles, topics
@@ -1153,11 +1072,21 @@ def _num(value: float | None, fmt: str = ",.0f") -> str:
 
 def markdown(report: Report) -> str:
     """The results as Markdown tables followed by the verdicts."""
-    lines = [
-        "| pattern | maxOffsetsPerTrigger | events read | batches | MERGEs | span s | query s | events/s "
-        "| events/s after batch 0 | orders counted | busy cores (ours / others) | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    headers = [
+        "pattern",
+        "maxOffsetsPerTrigger",
+        "events read",
+        "batches",
+        "MERGEs",
+        "span s",
+        "query s",
+        "events/s",
+        "events/s after batch 0",
+        "orders counted",
+        "busy cores (ours / others)",
+        "note",
     ]
+    rows = []
     for r in report.throughput:
         merges = {PRODUCT: 0, MERGE_DESIGN: 2 * r.batches}.get(r.pattern, sum(b.get("merges", 0) for b in r.batch_rows))
         note = r.error or r.partial_note or ("" if r.is_complete else "stopped at the timeout")
@@ -1167,27 +1096,39 @@ def markdown(report: Report) -> str:
             first = r.batch_rows[0]["seconds"]
             note += f"; batch 0 (bootstrap) {first:.1f} s; state store {r.state_mb:,.0f} MiB"
         cpu = f"{r.cpu.get('benchmark_cores', 0):.2f} / {r.cpu.get('other_cores', 0):.2f}" if r.cpu else "–"
-        lines.append(
-            f"| {r.pattern} | {r.max_offsets:,} | {r.events:,} | {r.batches} | {merges} | {_num(r.seconds, '.1f')} "
-            f"| {_num(r.query_seconds, '.1f')} | {_num(r.events_per_s)} | {_num(r.steady_events_per_s)} "
-            f"| {_num(r.orders_counted)} | {cpu} "
-            f"| {note} |"
+        rows.append(
+            (
+                r.pattern,
+                f"{r.max_offsets:,}",
+                f"{r.events:,}",
+                r.batches,
+                merges,
+                _num(r.seconds, ".1f"),
+                _num(r.query_seconds, ".1f"),
+                _num(r.events_per_s),
+                _num(r.steady_events_per_s),
+                _num(r.orders_counted),
+                cpu,
+                note,
+            )
         )
+    lines = [markdown_table(headers, rows, align="lrrrrrrrrr")]
     for design in DESIGNS:
         runs = [r for r in report.throughput if r.pattern == design and r.phase_means_s]
         if not runs:
             continue
         lines += ["", f"{design} micro-batch, mean seconds per phase (between its Delta commits):", ""]
-        header = "| phase | " + " | ".join(f"{r.max_offsets:,} / batch" for r in runs) + " |"
-        lines += [header, "|---|" + "---:|" * len(runs)]
+        phase_rows = []
         for phase, title, *_ in PHASES[design]:
-            cells = []
+            cells = [title]
             for r in runs:
                 total = sum(r.phase_means_s.values()) or 1.0
                 value = r.phase_means_s.get(phase, 0.0)
                 cells.append(f"{value:.2f} ({value / total:.0%})")
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
-        lines.append("| whole batch | " + " | ".join(f"{sum(r.phase_means_s.values()):.2f}" for r in runs) + " |")
+            phase_rows.append(cells)
+        phase_rows.append(["whole batch", *(f"{sum(r.phase_means_s.values()):.2f}" for r in runs)])
+        headers = ["phase", *(f"{r.max_offsets:,} / batch" for r in runs)]
+        lines.append(markdown_table(headers, phase_rows, align="l" + "r" * len(runs)))
     if report.latency:
         lines += [
             "",
@@ -1217,10 +1158,9 @@ def markdown(report: Report) -> str:
     if timed:
         steps = sorted({k for lat in timed for k in lat.step_means_s})
         lines += ["", "Batch handler steps, mean seconds per micro-batch:", ""]
-        lines.append("| step | " + " | ".join(f"{run_name(lat)} {lat.rate:,.0f}/s" for lat in timed) + " |")
-        lines.append("|---|" + "---:|" * len(timed))
-        for step in steps:
-            lines.append(f"| {step} | " + " | ".join(f"{lat.step_means_s.get(step, 0.0):.3f}" for lat in timed) + " |")
+        headers = ["step", *(f"{run_name(lat)} {lat.rate:,.0f}/s" for lat in timed)]
+        step_rows = [[step, *(f"{lat.step_means_s.get(step, 0.0):.3f}" for lat in timed)] for step in steps]
+        lines.append(markdown_table(headers, step_rows, align="l" + "r" * len(timed)))
     lines += ["", "Targets:"]
     found = verdicts(report)
     lines += [f"- {v['target']}: {v['measured']} → **{v['verdict']}** ({v['margin']})" for v in found]
@@ -1553,13 +1493,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.work.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%d-%H%M%S")
-    uptime_before = _uptime()
+    uptime_before = uptime()
     spark = session(settings)
     meta: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.streaming", *(argv if argv is not None else sys.argv[1:])]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "machine": machine(spark),
+        "machine": machine(spark, kafka_python=metadata.version("kafka-python"), kafka_broker=_kafka_broker_version()),
         "uptime_before": uptime_before,
     }
     report = Report(out=settings.out, meta=meta)
@@ -1588,7 +1528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if has_drains:
             runner.drains(settings.max_offsets[1:])
     finally:
-        meta["uptime_after"] = _uptime()
+        meta["uptime_after"] = uptime()
         meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         report.save()
         if runner is not None and not settings.keep_topics:
