@@ -550,7 +550,10 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     )
     # FAIR: the background compaction gets its own pool, so it does not queue the micro-batches' jobs.
     spark = build_session(_spark(settings, "stream"), {"spark.scheduler.mode": "FAIR"})
-    return run_stream(spark, lake, stream_settings, duration_s=args.duration)
+    # A compaction child inherits the FLO_* variables; a --config file it is given as this process was.
+    config = getattr(args, "config", None)
+    child_flags = ("--config", str(Path(config).resolve())) if config else ()
+    return run_stream(spark, lake, stream_settings, duration_s=args.duration, child_flags=child_flags)
 
 
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
@@ -668,9 +671,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         given, flag_names = given_settings(parser, args)
         loaded = load_settings(given, config_file=getattr(args, "config", None), flag_names=flag_names)
-        if loaded.config_file is not None:
-            # A child process (the stream's compaction) reads the same file.
-            os.environ[CONFIG_ENV] = str(loaded.config_file.resolve())
         if args.command == "config":
             return cmd_config(args, loaded.settings, loaded)
         if args.command != "generate":

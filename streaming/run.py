@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -68,9 +69,18 @@ class CompactionProcess:
     ends it and compacts once more here.
     """
 
-    def __init__(self, spark: SparkSession, lake: LakeSettings, interval_s: float, *, niceness: int = 19) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        lake: LakeSettings,
+        interval_s: float,
+        *,
+        niceness: int = 19,
+        child_flags: Sequence[str] = (),
+    ) -> None:
         self.spark, self.lake = spark, lake
-        command = [sys.executable, "-m", "flo_seg.cli", "--lake", lake.root, "compact"]
+        # child_flags: the stream's own global flags the child needs too (its --config file).
+        command = [sys.executable, "-m", "flo_seg.cli", *child_flags, "--lake", lake.root, "compact"]
         command += ["--every", f"{interval_s:g}", "--parent-pid", str(os.getpid())]
         nice = shutil.which("nice")
         if nice is not None:
@@ -100,13 +110,13 @@ class CompactionProcess:
 
 
 def start_compaction(
-    spark: SparkSession, lake: LakeSettings, settings: StreamSettings
+    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, child_flags: Sequence[str] = ()
 ) -> Compactor | CompactionProcess | None:
     """The stream's compaction, where `settings.compaction` says; None when `compact_seconds` is 0."""
     if not settings.compact_seconds:
         return None
     if compaction_place(settings.compaction, spark.sparkContext.master or "") == PROCESS:
-        return CompactionProcess(spark, lake, settings.compact_seconds)
+        return CompactionProcess(spark, lake, settings.compact_seconds, child_flags=child_flags)
     return Compactor(spark, lake, settings.compact_seconds).start()
 
 
@@ -123,9 +133,16 @@ def keep_compacting(
 
 
 def run_stream(
-    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, *, duration_s: float | None = None
+    spark: SparkSession,
+    lake: LakeSettings,
+    settings: StreamSettings,
+    *,
+    duration_s: float | None = None,
+    child_flags: Sequence[str] = (),
 ) -> int:
-    """Run until stopped (signal), finished (available-now) or `duration_s` elapsed; returns an exit code."""
+    """Run until stopped (signal), finished (available-now) or `duration_s` elapsed; returns an exit code.
+
+    `child_flags` go to a compaction child process before its command (e.g. `--config FILE`)."""
     stopping = {"signal": False}
     lost: list[str] = []
 
@@ -140,7 +157,7 @@ def run_stream(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
         query = start_stream(spark, lake, settings, BatchLogger())
-        compactor = start_compaction(spark, lake, settings)
+        compactor = start_compaction(spark, lake, settings, child_flags)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             while query.isActive and not stopping["signal"] and not lost:

@@ -11,6 +11,7 @@ import pytest
 
 from flo_seg import cli
 from flo_seg.settings import (
+    LakeSettings,
     Settings,
     Source,
     StreamOptions,
@@ -162,6 +163,7 @@ def test_config_prints_every_setting_with_its_source_and_hides_secrets(
     assert lines["kafka.options"].endswith(f"file {config}")
     assert "hunter2" not in out and '"sasl.jaas.config": "****"' in out and '"SASL_SSL"' in out
     assert out.splitlines()[0] == f"config file: {config}"
+    assert "FLO_CONFIG" not in os.environ  # a command leaves the process's environment as it found it
     assert out.splitlines()[-1] == "FLO_* variables that set nothing here: FLO_LAEK"
 
 
@@ -195,3 +197,26 @@ def test_nothing_below_the_cli_reads_the_environment() -> None:
             ):
                 users.add((str(path.relative_to(REPO)), scope.name))
     assert users == {("streaming/run.py", "__init__")}
+
+
+def test_the_compaction_child_gets_the_streams_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child inherits the FLO_* variables; a --config flag has to be handed on explicitly."""
+    import streaming.run as run
+
+    started: list[list[str]] = []
+
+    class FakePopen:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            started.append(command)
+            self.pid = 4242
+
+    monkeypatch.setattr(run.subprocess, "Popen", FakePopen)
+    run.CompactionProcess(None, LakeSettings(root="/lake"), 5.0, child_flags=("--config", "/etc/flo.toml"))  # type: ignore[arg-type]
+    command = started[0]
+    assert command[command.index("flo_seg.cli") + 1 :][:5] == [
+        "--config",
+        "/etc/flo.toml",
+        "--lake",
+        "/lake",
+        "compact",
+    ]
