@@ -38,7 +38,8 @@ from streaming.job import (
     ModelCache,
     StreamSettings,
     initial_clock,
-    kafka_events,
+    kafka_records,
+    order_events,
     prepare_tables,
     publish_changes,
     read_clock,
@@ -209,7 +210,7 @@ def start_merge_stream(
         return holder["id"]
 
     writer = (
-        kafka_events(spark, settings)
+        order_events(kafka_records(spark, settings), settings)
         .writeStream.queryName(settings.query_name)
         .option("checkpointLocation", settings.checkpoint)
         .foreachBatch(make_batch_handler(lake, settings, app_id, listener.record))

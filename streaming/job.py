@@ -657,8 +657,13 @@ def kafka_rows(progress: Any) -> int:
     return sum(int(s.numInputRows) for s in progress.sources if "kafka" in s.description.lower())
 
 
-def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
-    """The Kafka source, parsed and de-duplicated on event_id within the window (state kept in the checkpoint)."""
+# Where the order records come from: a streaming DataFrame shaped like Spark's Kafka source (key, value,
+# topic, partition, offset, ...). The stream reads Kafka; tests give a file source of such rows.
+RecordSource = Callable[[SparkSession, "StreamSettings"], DataFrame]
+
+
+def kafka_records(spark: SparkSession, settings: StreamSettings) -> DataFrame:
+    """The order events topic as Spark's Kafka source reads it."""
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
@@ -670,7 +675,12 @@ def kafka_events(spark: SparkSession, settings: StreamSettings) -> DataFrame:
         reader = reader.option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
     for key, value in settings.kafka_options.items():
         reader = reader.option(key, value)
-    return drop_duplicate_events(parse_order_events(reader.load()), settings.dedupe_window)
+    return reader.load()
+
+
+def order_events(records: DataFrame, settings: StreamSettings) -> DataFrame:
+    """Kafka-shaped records parsed and de-duplicated on event_id within the window (state in the checkpoint)."""
+    return drop_duplicate_events(parse_order_events(records), settings.dedupe_window)
 
 
 # Beside the query's own files in the checkpoint: the segment_log version its state starts after.
@@ -710,9 +720,11 @@ def published_segments(spark: SparkSession, lake: LakeSettings, starting_version
     )
 
 
-def state_updates(spark: SparkSession, lake: LakeSettings, settings: StreamSettings) -> DataFrame:
+def state_updates(
+    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, source: RecordSource = kafka_records
+) -> DataFrame:
     """Orders, quarantined events and published segments through the per-customer state step."""
-    events = kafka_events(spark, settings)
+    events = order_events(source(spark, settings), settings)
     published = published_segments(spark, lake, segment_log_start(spark, lake, settings.checkpoint))
     inputs = event_inputs(events).unionByName(segment_inputs(published))
     return apply_customer_state(inputs, bootstrap(spark, lake, settings.checkpoint))
@@ -762,9 +774,13 @@ def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:
 
 
 def start_stream(
-    spark: SparkSession, lake: LakeSettings, settings: StreamSettings, listener: BatchLogger | None = None
+    spark: SparkSession,
+    lake: LakeSettings,
+    settings: StreamSettings,
+    listener: BatchLogger | None = None,
+    source: RecordSource = kafka_records,
 ) -> StreamingQuery:
-    """Start the query (named, checkpointed, explicit trigger) and return it."""
+    """Start the query (named, checkpointed, explicit trigger) over `source` (Kafka) and return it."""
     prepare_tables(spark, lake)
     for key, value in _STATE_STORE.items():
         spark.conf.set(key, value)
@@ -783,7 +799,7 @@ def start_stream(
 
     handler = make_batch_handler(lake, settings, app_id, listener.record)
     writer = (
-        state_updates(spark, lake, settings)
+        state_updates(spark, lake, settings, source)
         .writeStream.queryName(settings.query_name)
         .option("checkpointLocation", settings.checkpoint)
         .outputMode("update")

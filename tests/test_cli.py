@@ -7,9 +7,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -144,7 +143,7 @@ def test_a_spark_step_draws_the_running_stages_tasks_on_a_terminal(
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
 
-    def slow(rows: Iterator[Any]) -> Iterator[int]:
+    def slow(rows: Iterable[int]) -> Iterator[int]:
         time.sleep(0.4)
         yield sum(1 for _ in rows)
 

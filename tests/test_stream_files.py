@@ -1,0 +1,189 @@
+"""The whole stream without a broker: Kafka-shaped records from Parquet files through the real query.
+
+The query is the one `flo-seg stream` runs (parsing, quarantine, de-duplication, the per-customer state
+step, the batch handler's scoring, change detection and idempotent appends); only its record source is
+a file source of rows shaped like Spark's Kafka source, one file per micro-batch. Publishing to Kafka
+and process crashes are tested against the real broker in tests/test_streaming.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+from streaming_support import KAFKA_SCHEMA, EventSet, expected_state, make_events, train_small_lake
+
+from batch.compact import compact_lake
+from batch.lake import read_table
+from batch.score import load_current_model, score_customers
+from flo_seg.settings import LakeSettings
+from streaming.job import RecordSource, StreamSettings, start_stream
+
+pytestmark = pytest.mark.slow
+
+TOPIC = "orders"
+# Not order_channel: a new customer's is set by the first micro-batch that holds their orders, so a late,
+# earlier order in a later batch does not change it; the recomputation below orders all events by time.
+STATE_COLUMNS = [
+    "master_id",
+    "last_order_channel",
+    "first_order_date",
+    "last_order_date",
+    "last_order_date_online",
+    "last_order_date_offline",
+    "order_num_total_ever_online",
+    "order_num_total_ever_offline",
+    "customer_value_total_ever_online",
+    "customer_value_total_ever_offline",
+]
+
+
+def write_records(spark: SparkSession, folder: Path, messages: list[tuple[bytes, bytes]], files: int) -> None:
+    """The messages as Kafka-shaped rows over two partitions with their own offsets, in `files` files."""
+    offsets = [0, 0]
+    rows = []
+    for i, (key, value) in enumerate(messages):
+        partition = i % 2
+        rows.append((key, value, TOPIC, partition, offsets[partition]))
+        offsets[partition] += 1
+    size = -(-len(rows) // files)
+    for n in range(files):
+        chunk = rows[n * size : (n + 1) * size]
+        spark.createDataFrame(chunk, KAFKA_SCHEMA).coalesce(1).write.parquet(str(folder / f"batch-{n:03d}"))
+
+
+def file_records(folder: Path) -> RecordSource:
+    """A record source reading one of `folder`'s files per micro-batch."""
+
+    def source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
+        return spark.readStream.schema(KAFKA_SCHEMA).option("maxFilesPerTrigger", 1).parquet(str(folder / "*"))
+
+    return source
+
+
+def run_stream(spark: SparkSession, lake: LakeSettings, records: Path, checkpoint: Path) -> None:
+    """What `flo-seg stream --available-now` does, over the files instead of a topic, without publishing."""
+    settings = StreamSettings(
+        bootstrap_servers="no-broker:9092",  # never contacted: the source is files, changes are not published
+        checkpoint=str(checkpoint),
+        topic=TOPIC,
+        changes_topic=None,
+        available_now=True,
+    )
+    query = start_stream(spark, lake, settings, source=file_records(records))
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)
+
+
+@pytest.fixture(scope="module")
+def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
+    return LakeSettings(root=str(train_small_lake(tmp_path_factory.mktemp("files-trained"), spark)))
+
+
+@pytest.fixture(scope="module")
+def sent(spark: SparkSession, trained: LakeSettings) -> EventSet:
+    """300 orders with re-sends, late orders and every malformed kind; the last file re-sends the first's."""
+    state = read_table(spark, trained, "customer_state")
+    ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
+    latest = state.agg(F.max("last_order_date")).first()
+    assert latest is not None
+    events = make_events(ids, dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.UTC), 300, seed=11)
+    resent = [m for m in events.messages[:40] if m[0] != b"bad"]  # valid orders (a malformed copy is a new record)
+    events.messages.extend(resent)  # one more file: copies of the first file's records, in a later batch
+    events.duplicates += len(resent)
+    return events
+
+
+@pytest.fixture(scope="module")
+def streamed(
+    spark: SparkSession, trained: LakeSettings, sent: EventSet, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LakeSettings, Path, Path]:
+    root = tmp_path_factory.mktemp("files-run")
+    shutil.copytree(trained.root, root / "lake")
+    lake = LakeSettings(root=str(root / "lake"))
+    write_records(spark, root / "records", sent.messages, files=4)
+    run_stream(spark, lake, root / "records", root / "checkpoint")
+    return lake, root / "records", root / "checkpoint"
+
+
+def test_state_is_the_history_plus_each_valid_order_once(
+    spark: SparkSession, trained: LakeSettings, streamed: tuple[LakeSettings, Path, Path], sent: EventSet
+) -> None:
+    initial = read_table(spark, trained, "customer_state").toPandas()
+    want = expected_state(initial, sent.valid)[STATE_COLUMNS]
+    got = read_table(spark, streamed[0], "customer_state").select(STATE_COLUMNS)
+    assertDataFrameEqual(got, spark.createDataFrame(want, schema=got.schema))
+
+
+def test_quarantine_holds_each_malformed_record_with_its_reason_and_coordinates(
+    spark: SparkSession, streamed: tuple[LakeSettings, Path, Path], sent: EventSet
+) -> None:
+    quarantine = read_table(spark, streamed[0], "quarantine").where(F.col("source") == "kafka")
+    assertDataFrameEqual(
+        quarantine.groupBy("reason").count(),
+        spark.createDataFrame(sorted(sent.malformed.items()), "reason string, count long"),
+    )
+    assert quarantine.where(F.col("kafka_topic").isNull() | F.col("kafka_offset").isNull()).count() == 0
+    assert quarantine.where(F.col("kafka_topic") != TOPIC).count() == 0
+
+
+def test_segments_are_the_current_model_applied_to_the_state(
+    spark: SparkSession, streamed: tuple[LakeSettings, Path, Path]
+) -> None:
+    lake = streamed[0]
+    segments = read_table(spark, lake, "customer_segments")
+    state = read_table(spark, lake, "customer_state")
+    model = load_current_model(spark, lake)
+    assert [r[0] for r in segments.select("model_version").distinct().collect()] == [model.record.version]
+    columns = ["master_id", "segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"]
+    for (as_of,) in segments.select("as_of").distinct().collect():
+        scored_then = segments.where(F.col("as_of") == as_of)
+        want = score_customers(
+            state.join(scored_then.select("master_id"), "master_id", "left_semi"), model, F.lit(as_of)
+        )
+        assertDataFrameEqual(scored_then.select(columns), want.select(columns))
+    assert segments.count() == state.count()
+
+
+def test_changes_lead_from_each_customers_previous_segment_to_the_current_one(
+    spark: SparkSession, trained: LakeSettings, streamed: tuple[LakeSettings, Path, Path]
+) -> None:
+    lake = streamed[0]
+    changes = read_table(spark, lake, "segment_changes")
+    assert changes.count() > 0
+    assert changes.where(F.col("previous_segment") == F.col("segment")).count() == 0
+    assert changes.select("change_id").distinct().count() == changes.count()
+    # Each customer's changes chain from the trained segment (none for a new customer) to the current one.
+    before = read_table(spark, trained, "customer_segments").select("master_id", F.col("segment").alias("trained"))
+    now = read_table(spark, lake, "customer_segments").select("master_id", F.col("segment").alias("current"))
+    per_customer = changes.groupBy("master_id").agg(
+        F.min_by("previous_segment", F.struct("batch_id", "changed_at", "change_id")).alias("first_previous"),
+        F.max_by("segment", F.struct("batch_id", "changed_at", "change_id")).alias("last_segment"),
+    )
+    chained = per_customer.join(now, "master_id").join(before, "master_id", "left")
+    assertDataFrameEqual(
+        chained.select("master_id", F.col("last_segment").alias("segment")),
+        chained.select("master_id", F.col("current").alias("segment")),
+    )
+    assert chained.where(F.col("trained").isNotNull() & (F.col("first_previous") != F.col("trained"))).count() == 0
+
+
+def test_a_restart_over_the_same_records_writes_nothing_again(
+    spark: SparkSession, streamed: tuple[LakeSettings, Path, Path]
+) -> None:
+    lake, records, checkpoint = streamed
+    tables = ("customer_state", "customer_segments", "segment_changes", "quarantine")
+    before = {name: read_table(spark, lake, name).toPandas() for name in tables}
+    run_stream(spark, lake, records, checkpoint)
+    for name in tables:
+        got = read_table(spark, lake, name)
+        assertDataFrameEqual(got, spark.createDataFrame(before[name], schema=got.schema))
