@@ -8,6 +8,7 @@ CLI (and the scripts beside it) call it, and pass the sections down.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -369,16 +370,22 @@ def _known(section: str) -> str:
     return f" ({section or 'the top level'} has {', '.join(names)})"
 
 
+@functools.cache
+def _defaults() -> Settings:
+    """The tree's defaults, built once: the parser asks for one per flag at every start."""
+    return Settings()
+
+
 def _field(key: str) -> Any:
     section, _, name = key.partition(".")
     if not name:
         return Settings.model_fields[section]
-    return type(getattr(Settings(), section)).__pydantic_fields__[name]
+    return type(getattr(_defaults(), section)).__pydantic_fields__[name]
 
 
 def default_of(key: str) -> Any:
     """The default of a dotted setting, for help texts."""
-    node: Any = Settings()
+    node: Any = _defaults()
     for part in key.split("."):
         node = getattr(node, part)
     return node
