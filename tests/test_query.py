@@ -353,7 +353,7 @@ def test_the_native_engine_prints_what_spark_prints(
         pytest.param("SELECT 'a\\' AS x, 1 AS y --'; DROP TABLE customer_state", ["x,y", "a\\,1"], id="backslash"),
         pytest.param(
             "(SELECT master_id FROM customer_state WHERE master_id = 'c1') UNION ALL "
-            "(SELECT master_id FROM customer_segments WHERE cluster = 1)",
+            "(SELECT master_id FROM customer_segments WHERE cluster = 1) ORDER BY master_id",
             ["master_id", "c1", "c2"],
             id="union",
         ),
