@@ -401,6 +401,7 @@ def start_first_stream(
     return RunningStream(lake=lake, checkpoint=checkpoint, topics=topics, proc=proc, log_path=log_path)
 
 
+@pytest.mark.integration
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_second_stream_is_refused_and_the_first_keeps_running(
@@ -455,6 +456,7 @@ def test_a_second_stream_is_refused_and_the_first_keeps_running(
     assert not (checkpoint / LEASE_FILE).exists()
 
 
+@pytest.mark.integration
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_restart_right_after_kill_9_takes_the_lease_over(

@@ -74,7 +74,7 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def spark_cluster() -> RunningCluster:
-    """The cluster `make cluster-up` starts; under `make test` (FLO_REQUIRE_CLUSTER=1) it must answer."""
+    """The cluster `make cluster-up` starts; under `make test-integration` (FLO_REQUIRE_CLUSTER=1) it must answer."""
     url = os.environ.get("FLO_STACK_SPARK_CLUSTER_URL", "spark://127.0.0.1:7077")
     host = url.removeprefix("spark://").rsplit(":", 1)[0]
     webui_port = os.environ.get("FLO_STACK_SPARK_MASTER_WEBUI_PORT", "8080")
@@ -206,6 +206,7 @@ def history(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         return path
 
 
+@pytest.mark.integration
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a local run and a cluster run on the real data, on a small shared machine
@@ -242,6 +243,7 @@ def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) 
     return train_small_lake(root, spark)
 
 
+@pytest.mark.integration
 @pytest.mark.cluster
 @pytest.mark.kafka
 @pytest.mark.slow

@@ -170,6 +170,7 @@ def test_rescored_rows_go_through_the_log_and_a_reset_forgets_the_logs(spark: Sp
     assert SEGMENTS.newer("s", "t").startswith("struct(coalesce(s.state_seq, 0), s.model_version, s.as_of)")
 
 
+@pytest.mark.integration
 def test_a_compaction_process_runs_rounds_until_its_parent_has_exited(spark: SparkSession, lake: LakeSettings) -> None:
     compact_lake(spark, lake)
     log_rows(spark, lake, STATE_LOG, [state_row("a", 1, 5)], 1)

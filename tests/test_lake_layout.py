@@ -147,6 +147,7 @@ def test_maintain_refuses_a_short_retention_and_unknown_tables(spark: SparkSessi
         run_maintenance(spark, lake, tables=("models",))
 
 
+@pytest.mark.integration
 def test_maintain_cli_optimizes_and_vacuums(
     spark: SparkSession, lake: LakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -217,6 +217,7 @@ def run_stream_process(
     )
 
 
+@pytest.mark.integration
 def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
     spark: SparkSession,
     trained_lake: Path,
@@ -258,6 +259,7 @@ def test_kill_9_at_any_moment_then_restart_equals_a_clean_run(
         assert table_rows(spark, lake, name, drop) == table_rows(spark, clean_run, name, drop), name
 
 
+@pytest.mark.integration
 def test_a_batch_puts_its_changes_on_kafka_before_its_delta_appends(
     spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -348,6 +350,7 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     )
 
 
+@pytest.mark.integration
 def test_new_model_is_hot_reloaded_while_the_stream_runs(
     spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
