@@ -79,8 +79,7 @@ docker-tools:
 # `make test-integration`: the `integration` marker, the slow suite of process crashes (kill -9 at every
 # step), hot reload while streaming, the checkpoint lease and the compaction child between processes,
 # `flo-seg maintain` as a process, and the local Spark cluster. `make test-all` runs both in one go.
-# (pytest-xdist with two workers was measured and dropped: the unit tier took 8 min 51 s with -n 2 against
-# 8 min 26 s without, on 2 cores the tests are CPU-bound.)
+# Cluster-marked tests are integration tests by conftest.py. Timings: README and docs/benchmarks.md.
 # $(1): the marker expression, $(2): 1 when the tests need the local Spark cluster. Starts the broker (and
 # the cluster) when they are not running, and stops what it started.
 define run_tests

@@ -13,6 +13,13 @@ from pyspark.sql import SparkSession
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flo_data_20k.csv"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the local Spark cluster belongs to `make test-integration`, which starts it."""
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """A small local Delta-enabled session: 2 shuffle partitions, no UI."""

@@ -206,7 +206,6 @@ def history(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         return path
 
 
-@pytest.mark.integration
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a local run and a cluster run on the real data, on a small shared machine
@@ -243,7 +242,6 @@ def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) 
     return train_small_lake(root, spark)
 
 
-@pytest.mark.integration
 @pytest.mark.cluster
 @pytest.mark.kafka
 @pytest.mark.slow
