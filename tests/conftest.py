@@ -34,6 +34,17 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 
 
 @pytest.fixture(scope="session")
+def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One lake trained on 600 generated customers (k fixed to keep it quick) for every stream test.
+
+    Shared by the whole run, so it is read only: a test that writes copies it first.
+    """
+    from streaming_support import train_small_lake
+
+    return train_small_lake(tmp_path_factory.mktemp("trained"), spark)
+
+
+@pytest.fixture(scope="session")
 def real_data_path() -> Path:
     """The real FLO snapshot; tests that need it skip with the reason where it is absent."""
     if not REAL_DATA.exists():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import fresh_topics, make_events, send, stream_command, train_small_lake
+from streaming_support import fresh_topics, make_events, send, stream_command
 
 from batch.lake import read_table
 from flo_seg.settings import LakeSettings
@@ -319,13 +319,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 
 
 # ---------------------------------------------------------------- two real `flo-seg stream` processes
-
-
-@pytest.fixture(scope="module")
-def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake trained on 600 generated customers (k fixed to keep it quick)."""
-    root = tmp_path_factory.mktemp("trained")
-    return train_small_lake(root, spark)
 
 
 def lease_stream_command(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import make_events, send, train_small_lake
+from streaming_support import make_events, send
 
 from batch.compact import compact_lake
 from batch.generate import write_history_csv
@@ -233,13 +233,6 @@ def test_train_on_the_cluster_equals_local_mode(
     assert table_rows(spark, remote, "customer_state", ["updated_at"]) == table_rows(
         spark, local, "customer_state", ["updated_at"]
     )
-
-
-@pytest.fixture(scope="module")
-def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake trained locally on 600 generated customers, the starting point of both stream runs."""
-    root = tmp_path_factory.mktemp("stream-trained")
-    return train_small_lake(root, spark)
 
 
 @pytest.mark.cluster

@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
-from streaming_support import KAFKA_SCHEMA, EventSet, expected_state, make_events, train_small_lake
+from streaming_support import KAFKA_SCHEMA, EventSet, expected_state, make_events
 
 from batch.compact import compact_lake
 from batch.lake import read_table
@@ -85,8 +85,8 @@ def run_stream(spark: SparkSession, lake: LakeSettings, records: Path, checkpoin
 
 
 @pytest.fixture(scope="module")
-def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
-    return LakeSettings(root=str(train_small_lake(tmp_path_factory.mktemp("files-trained"), spark)))
+def trained(trained_lake: Path) -> LakeSettings:
+    return LakeSettings(root=str(trained_lake))
 
 
 @pytest.fixture(scope="module")

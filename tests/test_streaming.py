@@ -24,7 +24,6 @@ from streaming_support import (
     make_events,
     send,
     stream_command,
-    train_small_lake,
 )
 
 from batch.compact import compact_lake
@@ -45,13 +44,6 @@ STATE_KEYS = [
     "last_order_date_offline",
     "last_order_channel",
 ]
-
-
-@pytest.fixture(scope="module")
-def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake trained on 600 generated customers (k fixed to keep it quick)."""
-    root = tmp_path_factory.mktemp("trained")
-    return train_small_lake(root, spark)
 
 
 @pytest.fixture(scope="module")

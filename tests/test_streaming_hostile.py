@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import send, train_small_lake
+from streaming_support import send
 
 from batch.compact import compact_lake
 from batch.lake import read_table
@@ -26,9 +26,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
-    """A trained lake of this module's own (the tests write to it)."""
-    return LakeSettings(root=str(train_small_lake(tmp_path_factory.mktemp("hostile"), spark)))
+def lake(trained_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> LakeSettings:
+    """A copy of the trained lake for this module's own (the tests write to it)."""
+    root = tmp_path_factory.mktemp("hostile") / "lake"
+    shutil.copytree(trained_lake, root)
+    return LakeSettings(root=str(root))
 
 
 def stream_topic(
