@@ -15,7 +15,7 @@ from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.query import run_query
 from batch.rescore import run_rescore
-from batch.train import run_train
+from batch.train import guard_streamed_state, run_train, streamed_into
 from flo_seg import cli
 from flo_seg.settings import LakeSettings, TrainSettings
 from schemas.history import HISTORY_COLUMN_NAMES
@@ -205,7 +205,8 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
 ) -> None:
     lake = LakeSettings(root=str(tmp_path / "lake"))
     run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))  # nothing streamed yet: fine
+    assert streamed_into(spark, lake) is None  # a train's own writes are not the stream's: a retrain may go on
+    guard_streamed_state(spark, lake, str(history), replace_state=False)
     new_customer = "streamed-new-customer"
     _stream_one_order(spark, lake, new_customer)
     streamed_count = read_table(spark, lake, "customer_state").count()
