@@ -12,6 +12,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -22,7 +23,7 @@ from batch.compact import compact_lake
 from batch.lake import read_table
 from batch.score import load_current_model, score_customers
 from flo_seg.settings import LakeSettings
-from streaming.job import RecordSource, StreamSettings, start_stream
+from streaming.job import RecordSource, StreamSettings, read_clock, start_stream
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,10 @@ def sent(spark: SparkSession, trained: LakeSettings) -> EventSet:
     ids = sorted(r[0] for r in state.select("master_id").limit(60).collect())
     latest = state.agg(F.max("last_order_date")).first()
     assert latest is not None
-    events = make_events(ids, dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.UTC), 300, seed=11)
+    # Two days of orders: within the 7 aging days, so no batch sweeps everyone (the broker run and the aging
+    # test in tests/test_streaming.py cover the sweep; here it would cost ~13 s a batch).
+    start = dt.datetime.combine(latest[0], dt.time(), tzinfo=dt.UTC)
+    events = make_events(ids, start, 300, seed=11, minutes=(2, 20))
     resent = [m for m in events.messages[:40] if m[0] != b"bad"]  # valid orders (a malformed copy is a new record)
     events.messages.extend(resent)  # one more file: copies of the first file's records, in a later batch
     events.duplicates += len(resent)
@@ -137,21 +141,34 @@ def test_quarantine_holds_each_malformed_record_with_its_reason_and_coordinates(
 
 
 def test_segments_are_the_current_model_applied_to_the_state(
-    spark: SparkSession, streamed: tuple[LakeSettings, Path, Path]
+    spark: SparkSession, trained: LakeSettings, streamed: tuple[LakeSettings, Path, Path], sent: EventSet
 ) -> None:
     lake = streamed[0]
     segments = read_table(spark, lake, "customer_segments")
     state = read_table(spark, lake, "customer_state")
     model = load_current_model(spark, lake)
     assert [r[0] for r in segments.select("model_version").distinct().collect()] == [model.record.version]
+    assert segments.count() == state.count()
+    # Everyone with an order was re-scored by the stream: the model applied to their state, as of then.
+    ordered = spark.createDataFrame([(m,) for m in {e["master_id"] for e in sent.valid}], "master_id string")
+    rescored = segments.join(ordered, "master_id", "left_semi")
+    assert rescored.count() == ordered.count()
     columns = ["master_id", "segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"]
-    for (as_of,) in segments.select("as_of").distinct().collect():
-        scored_then = segments.where(F.col("as_of") == as_of)
+    for (as_of,) in rescored.select("as_of").distinct().collect():
+        scored_then = rescored.where(F.col("as_of") == as_of)
         want = score_customers(
             state.join(scored_then.select("master_id"), "master_id", "left_semi"), model, F.lit(as_of)
         )
         assertDataFrameEqual(scored_then.select(columns), want.select(columns))
-    assert segments.count() == state.count()
+    # Two days of orders age nobody past the 7 aging days: the others keep their trained rows as they were.
+    untouched = read_table(spark, trained, "customer_segments").join(ordered, "master_id", "left_anti")
+    assertDataFrameEqual(segments.join(ordered, "master_id", "left_anti"), untouched)
+    # The event clock is the latest valid order; stream_clock records the latest date checked for aging.
+    latest = max(pd.Timestamp(e["order_ts"]).tz_convert("UTC") for e in sent.valid)
+    clock = read_clock(spark, lake)
+    assert clock is not None and pd.Timestamp(clock).tz_localize("UTC") == latest
+    swept = read_table(spark, lake, "stream_clock").first()
+    assert swept is not None and swept["last_sweep_date"] == latest.date() and swept["clock_ts"] <= clock
 
 
 def test_changes_lead_from_each_customers_previous_segment_to_the_current_one(

@@ -112,6 +112,7 @@ def clean_run(
     return lake
 
 
+@pytest.mark.integration
 def test_state_equals_an_independent_recomputation(
     spark: SparkSession, trained_lake: Path, clean_run: LakeSettings, sent: EventSet
 ) -> None:
@@ -125,6 +126,7 @@ def test_state_equals_an_independent_recomputation(
         assert got[col].to_numpy() == pytest.approx(want[col].to_numpy())
 
 
+@pytest.mark.integration
 def test_segments_are_the_current_model_applied_to_the_state(
     spark: SparkSession, clean_run: LakeSettings, sent: EventSet
 ) -> None:
@@ -156,6 +158,7 @@ def test_segments_are_the_current_model_applied_to_the_state(
     }
 
 
+@pytest.mark.integration
 def test_every_malformed_kind_is_quarantined_with_its_coordinates(
     spark: SparkSession, clean_run: LakeSettings, sent: EventSet
 ) -> None:
@@ -168,6 +171,7 @@ def test_every_malformed_kind_is_quarantined_with_its_coordinates(
     assert counts == sent.malformed
 
 
+@pytest.mark.integration
 def test_segment_changes_are_recorded_and_published(
     spark: SparkSession, clean_run: LakeSettings, topics: tuple[str, str], kafka_bootstrap: str
 ) -> None:
@@ -187,6 +191,44 @@ def test_segment_changes_are_recorded_and_published(
     published = {json.loads(m.value)["change_id"] for m in consumer}
     consumer.close()
     assert published >= set(changes["change_id"])
+
+
+def test_each_recorded_change_is_published_keyed_by_its_customer(
+    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """What only a broker shows (tests/test_stream_files.py runs the same query over files): a small run's
+    recorded changes are on the changes topic, each once, keyed by master_id, with the row's values."""
+    lake = copy_lake(trained_lake, tmp_path / "lake")
+    state = read_table(spark, lake, "customer_state")
+    ids = sorted(r[0] for r in state.select("master_id").limit(30).collect())
+    latest = state.agg(F.max("last_order_date")).first()[0]  # type: ignore[index]
+    start = dt.datetime.combine(latest, dt.time(), tzinfo=dt.UTC)
+    events = make_events(ids, start, 60, seed=31, minutes=(2, 20))  # within the aging days: no sweep
+    topics = fresh_topics(kafka_bootstrap)
+    send(kafka_bootstrap, topics[0], events.messages)
+    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+    changes = read_table(spark, lake, "segment_changes").toPandas().set_index("change_id")
+    assert len(changes) > 0
+    consumer = KafkaConsumer(
+        topics[1], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    messages = [(m.key.decode(), json.loads(m.value)) for m in consumer]
+    consumer.close()
+    assert sorted(value["change_id"] for _, value in messages) == sorted(changes.index)
+    for key, value in messages:
+        row = changes.loc[value["change_id"]]
+        assert key == value["master_id"] == row["master_id"]
+        assert (value["segment"], value.get("previous_segment"), value["batch_id"]) == (
+            row["segment"],
+            row["previous_segment"],
+            row["batch_id"],
+        )
 
 
 def run_stream_process(
