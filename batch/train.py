@@ -32,6 +32,7 @@ from batch.segments import (
     segment_profiles,
 )
 from batch.validate import DETAIL, REASON, ROW_ORDER, raw_record, validate_history
+from flo_seg.progress import progress
 from flo_seg.settings import LakeSettings, TrainSettings
 from schemas.tables import (
     CAMPAIGN_TARGETS,
@@ -210,18 +211,23 @@ def run_train(
             restarts=settings.restarts,
         )
     else:
-        with step(
-            f"choosing k in {settings.k_min}..{settings.k_max} by silhouette on {len(points)} customers "
-            f"({settings.algorithm}, every segment at least {settings.min_segment_share:.0%})"
+        k_values = range(settings.k_min, settings.k_max + 1)
+        with (
+            step(
+                f"choosing k in {settings.k_min}..{settings.k_max} by silhouette on {len(points)} customers "
+                f"({settings.algorithm}, every segment at least {settings.min_segment_share:.0%})"
+            ),
+            progress("choosing k", len(k_values), "k", log) as candidates,
         ):
             table = select_k(
                 points,
                 algorithm=settings.algorithm,
                 seed=settings.seed,
                 max_iter=settings.max_iter,
-                k_values=range(settings.k_min, settings.k_max + 1),
+                k_values=k_values,
                 restarts=settings.restarts,
                 min_share=settings.min_segment_share,
+                progress=candidates.one_done,
             )
             k = best_k(table)
             reference = next(c for c in table if c.k == k)

@@ -31,6 +31,12 @@ class Progress:
         if postfix:
             self._bar.set_postfix(postfix, refresh=False)
 
+    def one_done(self, line: str) -> None:
+        """One more unit done, and `line` a result worth keeping: logged (above the bar on a terminal)."""
+        self._log.info(line)
+        if self._bar is not None:
+            self._bar.update(1)
+
 
 @contextmanager
 def progress(desc: str, total: int | None, unit: str, log: logging.Logger) -> Iterator[Progress]:
@@ -38,7 +44,9 @@ def progress(desc: str, total: int | None, unit: str, log: logging.Logger) -> It
     if not sys.stderr.isatty():
         yield Progress(None, log)
         return
-    bar_args = {"total": total, "desc": desc, "unit": f" {unit}", "unit_scale": True, "file": sys.stderr}
+    # 3.00k/50.0k customers, but 3/7 k: a handful of units is shown as it is.
+    scaled = total is None or total >= 1000
+    bar_args = {"total": total, "desc": desc, "unit": f" {unit}", "unit_scale": scaled, "file": sys.stderr}
     with logging_redirect_tqdm(), tqdm(**bar_args) as bar:
         yield Progress(bar, log)
 
