@@ -129,6 +129,7 @@ def test_default_training_is_actionable_and_stable_across_seeds_on_the_real_data
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # the default-training test above checks the same on its sample, in make test
 @pytest.mark.parametrize("k", [6])
 def test_names_are_stable_across_seeds_on_the_real_data(spark: SparkSession, real_data_path: Path, k: int) -> None:
     state = validate_history(read_history(spark, str(real_data_path))).transform(state_from_history)
