@@ -85,6 +85,17 @@ def settings_for(kafka_bootstrap: str, topics: tuple[str, str], checkpoint: Path
     )
 
 
+def run_available_now(spark: SparkSession, lake: LakeSettings, settings: StreamSettings) -> None:
+    """An in-process `flo-seg stream --available-now` to the end of what the topic holds, then its compaction."""
+    query = start_stream(spark, lake, settings)
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+
+
 def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple[object, ...]]:
     df = read_table(spark, lake, name).drop(*drop)
     return sorted(tuple(r) for r in df.collect())
@@ -102,13 +113,7 @@ def clean_run(
     """One uninterrupted in-process run over everything sent."""
     root = tmp_path_factory.mktemp("clean")
     lake = copy_lake(trained_lake, root / "lake")
-    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, root / "checkpoint"))
-    try:
-        query.awaitTermination(timeout=600)
-        assert query.exception() is None
-    finally:
-        query.stop()
-        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+    run_available_now(spark, lake, settings_for(kafka_bootstrap, topics, root / "checkpoint"))
     return lake
 
 
@@ -206,13 +211,7 @@ def test_each_recorded_change_is_published_keyed_by_its_customer(
     events = make_events(ids, start, 60, seed=31, minutes=(2, 20))  # within the aging days: no sweep
     topics = fresh_topics(kafka_bootstrap)
     send(kafka_bootstrap, topics[0], events.messages)
-    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
-    try:
-        query.awaitTermination(timeout=600)
-        assert query.exception() is None
-    finally:
-        query.stop()
-        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+    run_available_now(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
     changes = read_table(spark, lake, "segment_changes").toPandas().set_index("change_id")
     assert len(changes) > 0
     consumer = KafkaConsumer(
@@ -362,13 +361,7 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     events = make_events(active, start, 20, seed=4)
     topics = fresh_topics(kafka_bootstrap)
     send(kafka_bootstrap, topics[0], [m for m in events.messages if m[0] != b"bad"])
-    query = start_stream(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
-    try:
-        query.awaitTermination(timeout=600)
-        assert query.exception() is None
-    finally:
-        query.stop()
-        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+    run_available_now(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
     clock = read_clock(spark, lake)
     assert clock is not None
     after = read_table(spark, lake, "customer_segments").toPandas().set_index("master_id")
