@@ -77,8 +77,7 @@ def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = N
     )
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(settings.log_level)
-    if LISTING_PARALLELISM not in submitted and LISTING_PARALLELISM not in conf:
-        fit_listing_to_local_cores(session)
+    fit_listing_to_local_cores(session)
     return session
 
 
@@ -87,8 +86,9 @@ def fit_listing_to_local_cores(session: SparkSession) -> None:
 
     Delta's VACUUM lists the table's folders in `parallelPartitionDiscovery.parallelism` tasks, 10000 by
     default: on one machine that is 10000 nearly empty tasks, about 25 s on 2 cores for a table of a
-    dozen files (4 s with 4 tasks). A cluster keeps Spark's default, where the tasks spread.
+    dozen files (4 s with 4 tasks). A cluster keeps Spark's default, where the tasks spread; a value set
+    anywhere (spark-submit, spark-defaults, the caller's conf) stands.
     """
     context = session.sparkContext
-    if (context.master or "").startswith("local"):
+    if (context.master or "").startswith("local") and session.conf.get(LISTING_PARALLELISM, None) is None:
         session.conf.set(LISTING_PARALLELISM, str(context.defaultParallelism))
