@@ -1,7 +1,8 @@
 """`make demo`: the whole product on the built-in data, end to end, on this machine.
 
-generate → train → stream (background) → produce a replay for about a minute while printing live
-segment changes → final segment sizes → report → stop the stream (the broker stays up).
+generate → train → stream (background) → produce a replay for about a minute while printing, every few
+seconds, a summary of the live segment changes → final segment sizes → report → stop the stream (the broker
+stays up).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
@@ -67,9 +68,45 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str], lags: list[float]) -> None:
-    """Print segment changes as they arrive on flo.segment-changes (from the moment the demo starts), each
-    with how long after its customer's latest order (both Kafka timestamps) it was published."""
+@dataclass
+class LiveTally:
+    """What the live view says: the segment changes seen since its last line, summed by move, and how long
+    after their customer's order they were published. `line` gives one summary and starts a new interval,
+    so a few hundred changes a second read as one line a few seconds instead of a scroll of single changes."""
+
+    total: int = 0
+    moves: Counter[str] = field(default_factory=Counter)
+    lags: list[float] = field(default_factory=list)
+
+    def add(self, previous: str | None, segment: str, lag: float | None) -> None:
+        self.total += 1
+        self.moves[f"{previous or '(new)'} → {segment}"] += 1
+        if lag is not None:
+            self.lags.append(lag)
+
+    def line(self, seconds: float, top: int = 3) -> str | None:
+        """The interval's summary (None when it saw no change), then a fresh interval."""
+        count = sum(self.moves.values())
+        if not count:
+            return None
+        moves = ", ".join(f"{move} {n}" for move, n in self.moves.most_common(top))
+        if len(self.moves) > top:
+            moves += f", {len(self.moves) - top} more moves"
+        lag = ""
+        if self.lags:
+            lags = sorted(self.lags)
+            lag = f"; median {lags[len(lags) // 2]:.1f} s after the order, max {lags[-1]:.1f} s"
+        self.moves.clear()
+        self.lags.clear()
+        return f"  +{count} changes in {seconds:.0f} s (total {self.total}): {moves}{lag}"
+
+
+def watch_changes(
+    bootstrap: str, stop: threading.Event, seen: Counter[str], lags: list[float], every: float = 5.0
+) -> None:
+    """Print, every few seconds, a summary of the segment changes that arrived on flo.segment-changes since
+    the last one (from the moment the demo starts), with how long after their customer's latest order (both
+    Kafka timestamps) they were published."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None)
     partitions = [
         TopicPartition(topic, p)
@@ -79,7 +116,18 @@ def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str], lag
     consumer.assign(partitions)
     consumer.seek_to_end()
     ordered_at: dict[bytes, int] = {}
-    printed_at, printed = 0.0, 0
+    tally = LiveTally()
+    printed_at = time.monotonic()
+
+    def print_due(force: bool = False) -> None:
+        nonlocal printed_at
+        now = time.monotonic()
+        if force or now - printed_at >= every:
+            line = tally.line(now - printed_at)
+            printed_at = now
+            if line:
+                print(line, flush=True)
+
     while not stop.is_set():
         for message in consumer:
             if message.topic == "flo.orders":
@@ -89,21 +137,15 @@ def watch_changes(bootstrap: str, stop: threading.Event, seen: Counter[str], lag
             change = json.loads(message.value)
             seen[change["segment"]] += 1
             order_ms = ordered_at.get(change["master_id"].encode())
-            lag = "" if order_ms is None else f", {(message.timestamp - order_ms) / 1000:.1f} s after the order"
-            if order_ms is not None:
-                lags.append((message.timestamp - order_ms) / 1000)
-            now = time.monotonic()
-            if now - printed_at >= 1.0:
-                printed_at, printed = now, 0
-            if printed < 5:  # at most five lines a second, so the terminal stays readable
-                printed += 1
-                print(
-                    f"  change: {change['master_id'][:8]}…  {change.get('previous_segment') or '(new)'} → "
-                    f"{change['segment']}  (model {change['model_version']}, as of {change['as_of']}{lag})",
-                    flush=True,
-                )
+            lag = None if order_ms is None else (message.timestamp - order_ms) / 1000
+            if lag is not None:
+                lags.append(lag)
+            tally.add(change.get("previous_segment"), change["segment"], lag)
+            print_due()
             if stop.is_set():
                 break
+        print_due()
+    print_due(force=True)
     consumer.close()
 
 
