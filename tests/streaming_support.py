@@ -16,10 +16,12 @@ from kafka import KafkaProducer
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from batch.compact import compact_lake
 from batch.generate import write_history_csv
 from batch.train import run_train
 from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
+from streaming.job import StreamSettings, start_stream
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))
@@ -192,3 +194,14 @@ def expected_state(initial: pd.DataFrame, events: list[dict[str, Any]]) -> pd.Da
         key = f"last_order_date_{side}"
         s[key] = day if s[key] is None else max(s[key], day)
     return pd.DataFrame(list(state.values()))
+
+
+def run_available_now(spark: SparkSession, lake: LakeSettings, settings: StreamSettings) -> None:
+    """An in-process `flo-seg stream --available-now` to the end of what the topic holds, then its compaction."""
+    query = start_stream(spark, lake, settings)
+    try:
+        query.awaitTermination(timeout=600)
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does

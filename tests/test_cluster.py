@@ -20,16 +20,15 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from streaming_support import make_events, send
+from streaming_support import make_events, run_available_now, send
 
-from batch.compact import compact_lake
 from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.train import run_train
 from devstack import cluster as cl
 from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
-from streaming.job import StreamSettings, start_stream
+from streaming.job import StreamSettings
 
 # Same shuffle partitions as the `spark` fixture: the k-means start and the quantile sketches depend on
 # how rows are partitioned, so both sides must partition alike for the results to be comparable.
@@ -260,13 +259,7 @@ def test_stream_on_the_cluster_equals_local_mode(
         max_offsets_per_trigger=150,
         aging_days=7,
     )
-    query = start_stream(spark, local, settings)
-    try:
-        query.awaitTermination(timeout=600)
-        assert query.exception() is None
-    finally:
-        query.stop()
-    compact_lake(spark, local)  # what `flo-seg stream` does when it stops
+    run_available_now(spark, local, settings)
 
     remote = copy_lake(trained_lake, tmp_path / "cluster" / "lake")
     args = [

@@ -22,6 +22,7 @@ from streaming_support import (
     expected_state,
     fresh_topics,
     make_events,
+    run_available_now,
     send,
     stream_command,
 )
@@ -83,17 +84,6 @@ def settings_for(kafka_bootstrap: str, topics: tuple[str, str], checkpoint: Path
         max_offsets_per_trigger=120,
         aging_days=7,
     )
-
-
-def run_available_now(spark: SparkSession, lake: LakeSettings, settings: StreamSettings) -> None:
-    """An in-process `flo-seg stream --available-now` to the end of what the topic holds, then its compaction."""
-    query = start_stream(spark, lake, settings)
-    try:
-        query.awaitTermination(timeout=600)
-        assert query.exception() is None
-    finally:
-        query.stop()
-        compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
 
 
 def table_rows(spark: SparkSession, lake: LakeSettings, name: str, drop: list[str]) -> list[tuple[object, ...]]:
