@@ -20,6 +20,9 @@ from schemas.tables import TABLE_PROPERTIES, TABLE_SCHEMAS, conform
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
+_DELETION_VECTORS = "delta.enableDeletionVectors"
+_DELETION_VECTORS_FEATURE = "deletionVectors"
+
 # Delta's optimistic concurrency raises these when two writers touch the same files; both are retryable.
 _CONFLICTS = (
     "ConcurrentAppendException",
@@ -136,8 +139,15 @@ def latest_commit(spark: SparkSession, lake: LakeSettings, name: str) -> int:
 
 def table_properties(spark: SparkSession, lake: LakeSettings, name: str) -> dict[str, str]:
     """The table properties of an existing table."""
-    row = DeltaTable.forPath(spark, lake.table(name)).detail().select("properties").first()
-    return dict(row["properties"] or {}) if row is not None else {}
+    return table_detail(spark, lake, name)[0]
+
+
+def table_detail(spark: SparkSession, lake: LakeSettings, name: str) -> tuple[dict[str, str], set[str]]:
+    """An existing table's properties and the table features its protocol names."""
+    row = DeltaTable.forPath(spark, lake.table(name)).detail().select("properties", "tableFeatures").first()
+    if row is None:
+        return {}, set()
+    return dict(row["properties"] or {}), set(row["tableFeatures"] or [])
 
 
 def with_contract_properties(writer: DataFrameWriter, name: str) -> DataFrameWriter:
@@ -159,8 +169,11 @@ def ensure_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
 def upgrade_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
     """Give an existing table the nullable contract columns and the contract properties it lacks.
 
-    Adding `delta.enableDeletionVectors` upgrades the table protocol (readers need Delta 2.3 or later).
-    A table written by an older version gets the columns it lacks (e.g. state_seq) as null.
+    A table written by an older version gets the columns it lacks (e.g. state_seq) as null. A table
+    whose contract has no deletion vectors but whose protocol still names the feature (customer_state and
+    customer_segments as earlier versions of flo-seg wrote them) has it dropped: the files that hold deleted
+    rows are rewritten once and the protocol downgraded, so readers without deletion vectors (delta-rs'
+    `to_pandas()`) open it. Delta keeps the older versions readable for the readers that know the feature.
     """
     path = lake.table(name)
     have = set(spark.read.format("delta").load(path).columns)
@@ -172,7 +185,16 @@ def upgrade_table(spark: SparkSession, lake: LakeSettings, name: str) -> None:
             lambda: spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})"), what=f"add columns to {name}"
         )
     wanted = TABLE_PROPERTIES.get(name, {})
-    current = table_properties(spark, lake, name) if wanted else {}
+    if not wanted:
+        return
+    current, features = table_detail(spark, lake, name)
+    if wanted.get(_DELETION_VECTORS) == "false" and _DELETION_VECTORS_FEATURE in features:
+        log.info("%s: dropping deletion vectors so that every Delta reader opens it (a one-time rewrite)", name)
+        with_conflict_retry(
+            lambda: spark.sql(f"ALTER TABLE delta.`{path}` DROP FEATURE {_DELETION_VECTORS_FEATURE}"),
+            what=f"drop deletion vectors of {name}",
+        )
+        current, _ = table_detail(spark, lake, name)
     missing = {key: value for key, value in wanted.items() if current.get(key) != value}
     if missing:
         log.info("%s: setting table properties %s", name, missing)

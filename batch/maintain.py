@@ -1,10 +1,10 @@
 """`flo-seg maintain`: compact the lake's tables and drop files no version needs any more.
 
-Every micro-batch of the stream adds a few small files to the tables it writes, and with deletion
-vectors the compaction's MERGEs mark replaced rows instead of rewriting files. Both keep a micro-batch cheap, and
-both slowly make reads dearer: more files to list and open, more rows to filter out. OPTIMIZE folds the
-small files together and rewrites the files whose deletion vectors hide many rows; VACUUM then deletes
-the data files that only versions older than the retention period still reference. Both commit like any
+Every micro-batch of the stream adds a few small files to the tables it writes, and so does every
+compaction. That keeps a micro-batch cheap but slowly makes reads dearer: more files to list and open.
+OPTIMIZE folds the small files together (and rewrites files whose deletion vectors hide many rows, in a
+table that has them); VACUUM then deletes the data files that only versions older than the retention
+period still reference. Both commit like any
 writer, so they can run while the stream runs (a conflicting commit is retried).
 """
 

@@ -1,6 +1,6 @@
 """`flo-seg query` without a JVM: DataFusion SQL over the lake's Delta tables through delta-rs.
 
-delta-rs' own query engine reads the tables' deletion vectors (its pandas and Arrow exports do not). Its
+delta-rs' own query engine also reads deletion vectors (a lake from an earlier version may have them). Its
 DataFusion session runs any statement it is given, COPY ... TO and CREATE EXTERNAL TABLE included, so
 every statement is parsed first (sqlglot) and only a query over the lake's tables reaches it.
 """

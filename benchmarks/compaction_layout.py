@@ -1,15 +1,14 @@
 """`python -m benchmarks.compaction_layout`: what one compaction round costs with and without deletion vectors.
 
-`customer_state` and `customer_segments` are created with deletion vectors, so the compaction's MERGE
-marks replaced rows in a small file instead of rewriting every data file it touches. delta-rs'
-`to_pandas()` refuses tables whose protocol has that reader feature. This measures what giving it up
-would cost the compaction, the one writer of those tables: a copy of `--lake`'s two tables per variant,
-then `--rounds` rounds of `--customers` random customers (a few seconds of stream at 5,000 events/s)
-appended to both logs with a newer `state_seq`, and each round compacted by the product's
-`compact_lake`. Variants: `deletion-vectors` (the tables as created) and `copy-on-write`
-(`delta.enableDeletionVectors` false, so the MERGE rewrites the files it touches). Prints the median
-seconds per log and per round (the first round left out as warm-up) and the files each MERGE rewrote.
-"""
+`customer_state` and `customer_segments` are copy-on-write (no deletion vectors), so that delta-rs'
+`to_pandas()`, which refuses tables whose protocol has that reader feature, opens them; the compaction's
+MERGE then rewrites every data file it touches instead of marking replaced rows in a small file. This
+measures what that costs the compaction, the one writer of those tables: a copy of `--lake`'s two tables
+per variant, then `--rounds` rounds of `--customers` random customers (a few seconds of stream at 5,000
+events/s) appended to both logs with a newer `state_seq`, and each round compacted by the product's
+`compact_lake`. Variants: `copy-on-write` (the tables as created) and `deletion-vectors`
+(`delta.enableDeletionVectors` true, as before 2026-12-06). Prints the median seconds per log and per
+round (the first round left out as warm-up) and the files each MERGE rewrote."""
 
 from __future__ import annotations
 
@@ -45,10 +44,10 @@ def copy_variant(spark: SparkSession, source: Path, work: Path, variant: str) ->
     for name, _ in TARGETS:
         shutil.copytree(source / name, root / name)
     lake = LakeSettings(root=str(root))
-    prepare_logs(spark, lake)  # sets the tables' contract properties, deletion vectors on
-    if variant == "copy-on-write":
+    prepare_logs(spark, lake)  # sets the tables' contract properties: copy-on-write
+    if variant == "deletion-vectors":  # the rounds compact with prepared=True, so this stays
         for name, _ in TARGETS:
-            spark.sql(f"ALTER TABLE delta.`{root / name}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')")
+            spark.sql(f"ALTER TABLE delta.`{root / name}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     return lake
 
 

@@ -254,9 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     maintain = command(
         "maintain",
         help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
-        description="Compact the small files every micro-batch adds and rewrite files whose deletion vectors "
-        "hide many rows (OPTIMIZE), then delete data files older than the retention (VACUUM). Safe while the "
-        "stream runs.",
+        description="Compact the small files every micro-batch and compaction adds (OPTIMIZE), then delete "
+        "data files older than the retention (VACUUM). Safe while the stream runs.",
     )
     maintain.add_argument(
         "--table",

@@ -209,10 +209,13 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
 
 
 # Table properties that are part of a table's contract, set when the table is created (and added to an
-# older table that lacks them). The two tables the compaction MERGEs into use deletion vectors: a MERGE
-# then marks the replaced rows in a small vector file and writes only the changed rows, instead of
-# rewriting every data file that holds one of the changed customers (docs/benchmarks.md, MERGE scaling).
-_MERGE_TARGET = {"delta.enableDeletionVectors": "true"}
+# older table that lacks them). The two tables users read most, customer_state and customer_segments,
+# are copy-on-write (no deletion vectors), so they open in every Delta reader: Spark, Polars and
+# delta-rs' `DeltaTable(...).to_pandas()`, which refuses the `deletionVectors` reader feature. Their one
+# writer is the compaction, off the stream's hot path; copy-on-write costs it 23-29% more per round
+# (docs/benchmarks.md, "The customer tables' layout"). A table that has the feature from an older version
+# has it dropped (`upgrade_table`).
+_READER_FRIENDLY = {"delta.enableDeletionVectors": "false"}
 # The stream appends to the logs and to segment_changes once per micro-batch: a Delta checkpoint every
 # 100 commits instead of every 10 (at 10, every tenth batch wrote three checkpoints, and its appends took
 # 2.5-2.8 s instead of 0.8; docs/benchmarks.md), so a reader's snapshot replays up to 100 commit files.
@@ -222,8 +225,8 @@ _PER_BATCH = {"delta.checkpointInterval": "100"}
 # at once took 0.30-0.39 s instead of 0.43-0.52 s (docs/benchmarks.md). The row count is still kept.
 _LOG = {**_PER_BATCH, "delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"}
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
-    CUSTOMER_STATE: _MERGE_TARGET,
-    CUSTOMER_SEGMENTS: _MERGE_TARGET,
+    CUSTOMER_STATE: _READER_FRIENDLY,
+    CUSTOMER_SEGMENTS: _READER_FRIENDLY,
     STATE_LOG: _LOG,
     SEGMENT_LOG: _LOG,
     SEGMENT_CHANGES: _PER_BATCH,

@@ -1,4 +1,4 @@
-"""Table layout and upkeep: the MERGE targets use deletion vectors; `flo-seg maintain` compacts them."""
+"""Table layout and upkeep: the customer tables open in every Delta reader; `flo-seg maintain` compacts them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from typing import Any
 
 import pytest
 from delta.tables import DeltaTable
+from deltalake import DeltaTable as DeltaLakeTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.compact import prepare_logs
-from batch.lake import append_table, ensure_table, latest_commit, overwrite_table, read_table, table_properties
+from batch.lake import (
+    append_table,
+    ensure_table,
+    latest_commit,
+    overwrite_table,
+    read_table,
+    table_detail,
+    table_properties,
+)
 from batch.maintain import run_maintenance
 from flo_seg import cli
 from flo_seg.settings import LakeSettings
@@ -66,16 +75,39 @@ def lake(spark: SparkSession, tmp_path: Path) -> LakeSettings:
     return lake
 
 
-def test_state_is_created_with_deletion_vectors_and_keeps_them_on_overwrite(
+def test_state_is_created_without_deletion_vectors_and_keeps_it_on_overwrite(
     spark: SparkSession, lake: LakeSettings
 ) -> None:
-    assert table_properties(spark, lake, CUSTOMER_STATE).get(DV) == "true"
+    assert table_properties(spark, lake, CUSTOMER_STATE).get(DV) == "false"
     overwrite_table(state_rows(spark, 5), lake, CUSTOMER_STATE)
-    assert table_properties(spark, lake, CUSTOMER_STATE).get(DV) == "true"
+    properties, features = table_detail(spark, lake, CUSTOMER_STATE)
+    assert properties.get(DV) == "false" and "deletionVectors" not in features
     assert read_table(spark, lake, CUSTOMER_STATE).count() == 5
     # Append-only tables carry no such property.
     ensure_table(spark, lake, SEGMENT_CHANGES)
     assert DV not in table_properties(spark, lake, SEGMENT_CHANGES)
+
+
+def test_deletion_vectors_from_an_earlier_version_are_dropped_and_delta_rs_opens_the_table(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = LakeSettings(root=str(tmp_path / "old"))
+    path = lake.table(CUSTOMER_STATE)
+    # As earlier versions left customer_state: deletion vectors on, rows hidden by them.
+    state_rows(spark, 6).write.format("delta").option(DV, "true").save(path)
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE master_id IN ('c001', 'c004')")
+    assert list(Path(path).glob("deletion_vector_*.bin"))
+    with pytest.raises(Exception, match="deletionVectors"):
+        DeltaLakeTable(path).to_pandas()
+
+    ensure_table(spark, lake, CUSTOMER_STATE)
+    properties, features = table_detail(spark, lake, CUSTOMER_STATE)
+    assert properties.get(DV) == "false" and "deletionVectors" not in features
+    expected = ["c000", "c002", "c003", "c005"]
+    assert sorted(DeltaLakeTable(path).to_pandas()["master_id"]) == expected
+    assert sorted(r["master_id"] for r in read_table(spark, lake, CUSTOMER_STATE).collect()) == expected
+    ensure_table(spark, lake, CUSTOMER_STATE)  # a second start finds nothing to drop
+    assert table_detail(spark, lake, CUSTOMER_STATE) == (properties, features)
 
 
 def test_a_new_table_is_created_by_its_first_write_in_one_commit(spark: SparkSession, lake: LakeSettings) -> None:
@@ -102,27 +134,31 @@ def test_older_state_table_gets_the_property(spark: SparkSession, tmp_path: Path
     state_rows(spark, 3).drop("state_seq").write.format("delta").save(lake.table(CUSTOMER_STATE))
     assert DV not in table_properties(spark, lake, CUSTOMER_STATE)
     ensure_table(spark, lake, CUSTOMER_STATE)
-    assert table_properties(spark, lake, CUSTOMER_STATE)[DV] == "true"
+    assert table_properties(spark, lake, CUSTOMER_STATE)[DV] == "false"
     state = read_table(spark, lake, CUSTOMER_STATE)
     assert state.count() == 3
     assert state.columns == CUSTOMER_STATE_SCHEMA.fieldNames()  # the column it lacked is added, as null
     assert {r["state_seq"] for r in state.collect()} == {None}
 
 
-def test_stream_merge_marks_rows_instead_of_rewriting_files(spark: SparkSession, lake: LakeSettings) -> None:
+def test_a_merge_rewrites_the_files_it_touches_and_leaves_no_deletion_vectors(
+    spark: SparkSession, lake: LakeSettings
+) -> None:
     merge_state(spark, lake, customer_order_deltas(orders(spark, ["c001", "c002", "new-1"])), "layout-test", 0)
     metrics = last_commit(spark, lake.table(CUSTOMER_STATE))
     assert metrics["operation"] == "MERGE"
     assert (metrics["numTargetRowsUpdated"], metrics["numTargetRowsInserted"]) == ("2", "1")
-    # Copy-on-write would copy the untouched rows of every file holding c001 or c002.
-    assert metrics["numTargetRowsCopied"] == "0"
-    assert int(metrics["numTargetDeletionVectorsAdded"]) >= 1
-    assert metrics["numTargetFilesRemoved"] == "0"
+    # Copy-on-write: the untouched rows of the files holding c001 or c002 are copied, nothing is marked.
+    assert int(metrics["numTargetRowsCopied"]) >= 1 and int(metrics["numTargetFilesRemoved"]) >= 1
+    assert metrics.get("numTargetDeletionVectorsAdded", "0") == "0"
+    assert not list(Path(lake.table(CUSTOMER_STATE)).glob("deletion_vector_*.bin"))
     state = {r["master_id"]: r for r in read_table(spark, lake, CUSTOMER_STATE).collect()}
     assert len(state) == 41
     assert state["c001"]["order_num_total_ever_online"] == 1
     assert state["c001"]["customer_value_total_ever_online"] == 50.0
     assert state["c003"]["order_num_total_ever_online"] == 0
+    frame = DeltaLakeTable(lake.table(CUSTOMER_STATE)).to_pandas().set_index("master_id")
+    assert len(frame) == 41 and frame.loc["c001", "customer_value_total_ever_online"] == 50.0
 
 
 def test_maintain_compacts_and_keeps_every_row(spark: SparkSession, lake: LakeSettings) -> None:

@@ -445,7 +445,10 @@ def test_the_native_engine_reads_deletion_vectors(spark: SparkSession, tmp_path:
         (f"c{i}", "champions", 0, "v1", i, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED, 0) for i in range(6)
     ]
     overwrite_table(spark.createDataFrame(rows, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)
-    spark.sql(f"DELETE FROM delta.`{lake.table(CUSTOMER_SEGMENTS)}` WHERE recency IN (1, 4)")
+    # As an earlier version left the table (the stream's start drops the feature; a query may come first).
+    path = lake.table(CUSTOMER_SEGMENTS)
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE recency IN (1, 4)")
     assert list(Path(lake.table(CUSTOMER_SEGMENTS)).glob("deletion_vector_*.bin"))
     assert native_lines(lake, "SELECT master_id FROM customer_segments ORDER BY master_id") == [
         "master_id",
