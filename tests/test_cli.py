@@ -137,23 +137,8 @@ def test_an_open_ended_bar_counts_and_shows_its_postfix(monkeypatch: pytest.Monk
     assert "rate=750/s, event_time=2021-06-01 10:00" in drawn
 
 
-def test_train_draws_a_bar_of_the_k_candidates_and_keeps_their_lines(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from batch.generate import write_history_csv
-
-    history = tmp_path / "history.csv"
-    write_history_csv(history, customers=400, seed=2)
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    with caplog.at_level(logging.INFO, logger="batch"):
-        code = cli.main(
-            ["--lake", str(tmp_path / "lake"), "train", "--history", str(history), "--k-min", "2", "--k-max", "4"]
-        )
-    assert code == 0
-    assert re.search(r"choosing k: 100%\|.*\| 3/3 ", terminal.getvalue()), terminal.getvalue()[-500:]
-    tried = [re.match(r"k= *(\d+) +silhouette=", r.getMessage()) for r in caplog.records]
-    assert [int(m[1]) for m in tried if m] == [2, 3, 4]  # each candidate's line stays, above the bar
+# `flo-seg train` drawing a bar of its k candidates (each candidate's line kept above it) is checked on the
+# `--from-lake` retrain of tests/test_train_e2e.py's stream guard test, which runs that train anyway.
 
 
 def test_a_spark_step_draws_the_running_stages_tasks_on_a_terminal(

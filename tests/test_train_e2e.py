@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,10 +205,22 @@ def _stream_one_order(spark: SparkSession, lake: LakeSettings, master_id: str) -
 
 
 def test_train_from_history_refuses_to_discard_what_the_stream_added(
-    spark: SparkSession, history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession,
+    trained_lake: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """On a copy of the shared lake trained from its history; the `--from-lake` retrain is the CLI's on a
+    terminal, choosing k, so it shows the bar of the k candidates too."""
+    from test_cli import _Terminal
+
+    shutil.copytree(trained_lake, tmp_path / "lake")
     lake = LakeSettings(root=str(tmp_path / "lake"))
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))
+    history = trained_lake.parent / "history.csv"  # what tests/streaming_support.py trained it on
+    customers = read_table(spark, lake, "customer_state").count()
+    assert customers == 600
     assert streamed_into(spark, lake) is None  # a train's own writes are not the stream's: a retrain may go on
     guard_streamed_state(spark, lake, str(history), replace_state=False)
     new_customer = "streamed-new-customer"
@@ -216,11 +232,19 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     assert code == 2
     assert "holds orders the stream added (1 stream state update(s) in state_log)" in err and "--from-lake" in err
     assert "\n" not in err and "--replace-state" in err
-    assert read_table(spark, lake, "customer_state").count() == streamed_count == CUSTOMERS  # logged, not compacted
+    assert read_table(spark, lake, "customer_state").count() == streamed_count == customers  # logged, not compacted
 
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None)  # --from-lake compacts, keeps it
-    state = read_table(spark, lake, "customer_state")
-    assert state.count() == CUSTOMERS + 1
+    terminal = _Terminal()
+    with monkeypatch.context() as patched, caplog.at_level(logging.INFO, logger="batch"):
+        patched.setattr(sys, "stderr", terminal)
+        code = cli.main(["--lake", lake.root, "train", "--from-lake", "--k-min", "2", "--k-max", "4"])
+    assert code == 0, terminal.getvalue()[-2000:]
+    # The k candidates as a bar, each candidate's line kept above it.
+    assert re.search(r"choosing k: 100%\|.*\| 3/3 ", terminal.getvalue()), terminal.getvalue()[-500:]
+    tried = [re.match(r"k= *(\d+) +silhouette=", r.getMessage()) for r in caplog.records]
+    assert [int(m[1]) for m in tried if m] == [2, 3, 4]
+    state = read_table(spark, lake, "customer_state")  # --from-lake compacts, keeps the streamed order
+    assert state.count() == customers + 1
     assert state.where(F.col("master_id") == new_customer).first()["state_seq"] == 1  # type: ignore[index]
     assert read_table(spark, lake, "customer_segments").where(F.col("master_id") == new_customer).count() == 1
 
