@@ -113,6 +113,12 @@ def _quiet_parser() -> Iterator[None]:
 
 def run_native_query(lake: LakeSettings, sql: str, *, fmt: str, limit: int, out: TextIO | None = None) -> int:
     """Run one read-only statement over the lake's tables with delta-rs; anything else is refused unrun."""
+    columns, rows = native_rows(lake, sql, limit)
+    return write_rows(columns, rows, fmt, out)
+
+
+def native_rows(lake: LakeSettings, sql: str, limit: int) -> tuple[list[str], list[list[object]]]:
+    """The column names and up to `limit` rows of one read-only statement over the lake's tables."""
     tables = lake_tables(lake)
     if not tables:
         raise FileNotFoundError(f"no tables under {lake.root}; run `flo-seg train` first")
@@ -127,7 +133,7 @@ def run_native_query(lake: LakeSettings, sql: str, *, fmt: str, limit: int, out:
         rows = list(_first_rows(reader, limit))
     except (DeltaError, pa.ArrowException) as exc:  # planning errors, then errors while batches are computed
         raise ValueError(first_line(exc, "the statement failed")) from None
-    return write_rows(columns, rows, fmt, out)
+    return columns, rows
 
 
 def _first_rows(reader: pa.RecordBatchReader, limit: int) -> Iterator[list[object]]:
