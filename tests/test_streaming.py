@@ -188,38 +188,6 @@ def test_segment_changes_are_recorded_and_published(
     assert published >= set(changes["change_id"])
 
 
-def test_each_recorded_change_is_published_keyed_by_its_customer(
-    spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    """What only a broker shows (tests/test_stream_files.py runs the same query over files): a small run's
-    recorded changes are on the changes topic, each once, keyed by master_id, with the row's values."""
-    lake = copy_lake(trained_lake, tmp_path / "lake")
-    state = read_table(spark, lake, "customer_state")
-    ids = sorted(r[0] for r in state.select("master_id").limit(30).collect())
-    latest = state.agg(F.max("last_order_date")).first()[0]  # type: ignore[index]
-    start = dt.datetime.combine(latest, dt.time(), tzinfo=dt.UTC)
-    events = make_events(ids, start, 60, seed=31, minutes=(2, 20))  # within the aging days: no sweep
-    topics = fresh_topics(kafka_bootstrap)
-    send(kafka_bootstrap, topics[0], events.messages)
-    run_available_now(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
-    changes = read_table(spark, lake, "segment_changes").toPandas().set_index("change_id")
-    assert len(changes) > 0
-    consumer = KafkaConsumer(
-        topics[1], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
-    )
-    messages = [(m.key.decode(), json.loads(m.value)) for m in consumer]
-    consumer.close()
-    assert sorted(value["change_id"] for _, value in messages) == sorted(changes.index)
-    for key, value in messages:
-        row = changes.loc[value["change_id"]]
-        assert key == value["master_id"] == row["master_id"]
-        assert (value["segment"], value.get("previous_segment"), value["batch_id"]) == (
-            row["segment"],
-            row["previous_segment"],
-            row["batch_id"],
-        )
-
-
 def run_stream_process(
     lake: LakeSettings,
     checkpoint: Path,
@@ -339,18 +307,27 @@ def wait_for(predicate, timeout: float = 180.0, what: str = "condition") -> None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_aging_moves_lapsed_customers_out_of_top_segments(
+def test_aging_moves_lapsed_customers_out_of_top_segments_and_each_change_is_published_keyed_by_its_customer(
     spark: SparkSession, trained_lake: Path, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    """One small run for two properties. Orders a year after training age every customer without new ones,
+    so nobody keeps a top segment on old orders. What only a broker shows (tests/test_stream_files.py runs
+    the same query over files): the run's recorded changes are on the changes topic, each once, keyed by
+    master_id, with the row's values."""
     lake = copy_lake(trained_lake, tmp_path / "lake")
     before = read_table(spark, lake, "customer_segments").toPandas()
     champions = set(before.loc[before["rfm_segment"] == "champions", "master_id"])
     assert champions
-    active = sorted(set(before["master_id"]) - champions)[:3]
+    others = sorted(set(before["master_id"]) - champions)  # the champions get no orders: they must lapse
+    latest = read_table(spark, lake, "customer_state").agg(F.max("last_order_date")).first()[0]  # type: ignore[index]
+    # Orders just after training for 30 customers (every malformed kind too), then orders 400 days on for 3.
+    recent = make_events(
+        others[:30], dt.datetime.combine(latest, dt.time(), tzinfo=dt.UTC), 60, seed=31, minutes=(2, 20)
+    )
     start = dt.datetime.combine(before["as_of"].max(), dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=400)
-    events = make_events(active, start, 20, seed=4)
+    lapse = make_events(others[:3], start, 20, seed=4)
     topics = fresh_topics(kafka_bootstrap)
-    send(kafka_bootstrap, topics[0], [m for m in events.messages if m[0] != b"bad"])
+    send(kafka_bootstrap, topics[0], recent.messages + [m for m in lapse.messages if m[0] != b"bad"])
     run_available_now(spark, lake, settings_for(kafka_bootstrap, topics, tmp_path / "checkpoint"))
     clock = read_clock(spark, lake)
     assert clock is not None
@@ -365,6 +342,23 @@ def test_aging_moves_lapsed_customers_out_of_top_segments(
     assert set(changes["master_id"]) >= set(
         lapsed.index[lapsed["segment"] != before.set_index("master_id").loc[lapsed.index, "segment"]]
     )
+
+    recorded = changes.set_index("change_id")
+    assert len(recorded) > 0
+    consumer = KafkaConsumer(
+        topics[1], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    messages = [(m.key.decode(), json.loads(m.value)) for m in consumer]
+    consumer.close()
+    assert sorted(value["change_id"] for _, value in messages) == sorted(recorded.index)
+    for key, value in messages:
+        row = recorded.loc[value["change_id"]]
+        assert key == value["master_id"] == row["master_id"]
+        assert (value["segment"], value.get("previous_segment"), value["batch_id"]) == (
+            row["segment"],
+            row["previous_segment"],
+            row["batch_id"],
+        )
 
 
 @pytest.mark.integration
