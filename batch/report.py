@@ -41,6 +41,8 @@ from batch.explore import (
 )
 from batch.features import with_customer_features
 from batch.lake import read_table, table_exists
+from batch.migrations import COLUMNS as MIGRATION_COLUMNS
+from batch.migrations import NEW, matrix_cells, migration_sql, read_migrations_spark
 from batch.model import PREDICTION, SCALED, SILHOUETTE_TOLERANCE, score_clusters
 from batch.registry import ModelRecord
 from batch.rfm import RFM_SEGMENTS
@@ -56,6 +58,7 @@ from schemas.tables import (
     DATA_PROFILE,
     MODELS,
     QUARANTINE,
+    SEGMENT_CHANGES,
     SEGMENT_PROFILES,
 )
 
@@ -129,6 +132,7 @@ class ReportData:
     sample_features: np.ndarray  # scaled feature vectors of the projection sample, one row per customer
     sample_segments: tuple[str, ...]
     data_profile: pd.DataFrame = field(default_factory=pd.DataFrame)  # section, item, statistic, value
+    migrations: pd.DataFrame = field(default_factory=pd.DataFrame)  # batch.migrations.COLUMNS, one period
 
 
 @dataclass(frozen=True)
@@ -767,6 +771,24 @@ def crosstab_section(counts: pd.DataFrame, order: Sequence[str]) -> Section:
     return Section(title="Classic RFM × segment", blocks=(plot, Table(shown)))
 
 
+def migration_section(moves: pd.DataFrame) -> Section:
+    """Who moved where: the matrix of every segment change recorded so far."""
+    title = "Segment migration"
+    if moves.empty:
+        return Section(title=title, blocks=("No segment changes recorded yet: the stream records them.",))
+    changes = int(moves["changes"].sum())
+    first = moves["period"].iloc[0]
+    table = matrix_cells(moves).reset_index()
+    table.columns = [str(c) for c in table.columns]
+    note = (
+        f"{changes:,} segment changes recorded since {first} (the stream's, its aging and model sweeps "
+        f"included), from the segment a customer had (rows; {NEW} for a new customer) to the one they moved "
+        "to (columns). Each cell: changes and their share of the row. Per day or week: "
+        "`flo-seg migrations --period day`."
+    )
+    return Section(title=title, blocks=(note, Table(table)))
+
+
 def campaign_section(campaigns: pd.DataFrame, segmented: int) -> Section:
     """How many customers each classic campaign list reaches."""
     counts = dict(zip(campaigns["campaign"], campaigns["customers"], strict=True))
@@ -790,7 +812,7 @@ def campaign_section(campaigns: pd.DataFrame, segmented: int) -> Section:
 
 
 def build_sections(data: ReportData) -> list[Section]:
-    """All ten sections, in reading order, from collected data only."""
+    """All twelve sections, in reading order, from collected data only."""
     order = segment_order(data.record.segment_names, list(data.distributions["segment"]))
     colors = segment_colors(order)
     sizes = segment_sizes(data.distributions, order)
@@ -805,6 +827,7 @@ def build_sections(data: ReportData) -> list[Section]:
         lambda: channel_mix_section(data.profiles, order),
         lambda: profile_section(data.profiles, order),
         lambda: crosstab_section(data.crosstab_counts, order),
+        lambda: migration_section(data.migrations),
         lambda: campaign_section(data.campaigns, int(sizes["customers"].sum())),
     ]
     sections = []
@@ -960,6 +983,11 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
         else pd.DataFrame(columns=["section", "item", "statistic", "value"])
     )
 
+    migrations = (
+        read_migrations_spark(spark, lake, migration_sql())
+        if table_exists(spark, lake, SEGMENT_CHANGES)
+        else pd.DataFrame(columns=list(MIGRATION_COLUMNS))
+    )
     log.info("scoring a sample of at most %d customers for the 2-D projection", PROJECTION_SAMPLE)
     sample = projection_sample(tables[CUSTOMER_STATE], model, as_of, rows=customers, size=PROJECTION_SAMPLE).toPandas()
     features = np.array([list(v) for v in sample[SCALED]], dtype=float).reshape(len(sample), len(record.features))
@@ -977,6 +1005,7 @@ def collect_report_data(spark: SparkSession, lake: LakeSettings) -> ReportData:
         sample_features=features,
         sample_segments=tuple(names.get(int(c), f"cluster_{c}") for c in sample[PREDICTION]),
         data_profile=data_profile,
+        migrations=migrations,
     )
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES
+from batch.migrations import NEW as NEW_SEGMENT
+from batch.migrations import PERIODS
 from flo_seg.logs import setup_logging
 from flo_seg.settings import (
     CONFIG_ENV,
@@ -251,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("--limit", type=_positive_int, default=1000, help="rows printed at most (default 1000)")
+    migrations = command(
+        "migrations",
+        help="print the segment migration matrix: who moved from which segment to which",
+        description="Count the recorded segment changes (segment_changes: the stream's changes and sweeps) by "
+        "previous and new segment, per period. The table format prints one from x to matrix per period (each "
+        "cell: changes and their share of the row); csv and json print one row per (period, from, to) with "
+        "changes, distinct customers, share of the period and share of the from segment. A customer without a "
+        f"segment before comes from {NEW_SEGMENT}.",
+    )
+    migrations.add_argument("--since", type=_date, help="first day counted (UTC; default: the first change)")
+    migrations.add_argument("--until", type=_date, help="first day not counted (UTC; default: none)")
+    migrations.add_argument(
+        "--period",
+        choices=PERIODS,
+        default="all",
+        help="one matrix for the whole window (default), or per day/week/month",
+    )
+    migrations.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    migrations.add_argument(
+        "--engine", choices=("native", "spark"), default="native", help="as for query (default native, no JVM)"
+    )
     maintain = command(
         "maintain",
         help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
@@ -495,6 +518,25 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_migrations(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the migration matrix of the recorded segment changes."""
+    from batch.migrations import matrix_text, migration_sql, read_migrations_native, read_migrations_spark
+    from batch.query import write_rows
+
+    sql = migration_sql(since=args.since, until=args.until, period=args.period)
+    if args.engine == "native":
+        moves = read_migrations_native(_lake(settings), sql)
+    else:
+        from flo_seg.spark import build_session
+
+        moves = read_migrations_spark(build_session(_spark(settings, "migrations")), _lake(settings), sql)
+    if args.format == "table":
+        print(matrix_text(moves), end="")
+    else:
+        write_rows(list(moves.columns), moves.to_dict("split")["data"], args.format)
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Print a SQL result."""
     if args.engine == "native":
@@ -655,6 +697,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "rescore": cmd_rescore,
     "report": cmd_report,
     "query": cmd_query,
+    "migrations": cmd_migrations,
     "maintain": cmd_maintain,
     "stream": cmd_stream,
     "compact": cmd_compact,

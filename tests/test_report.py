@@ -281,7 +281,7 @@ def test_rendered_report_is_self_contained_escaped_and_matches_the_markdown() ->
         "Quarantine by reason",
         "k selection",
     ]
-    assert len(sections) == 11
+    assert len(sections) == 12
     page = render_html(sections, "subtitle <&>")
     markdown = render_markdown(sections, "subtitle")
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
