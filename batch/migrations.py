@@ -1,9 +1,10 @@
 """Segment migration: how many customers moved from which segment to which, from `segment_changes`.
 
-A migration is a recorded segment change (the stream's, including the sweeps that age customers and move
-them to a new model). One SQL statement defines the matrix, so both engines compute the same numbers:
-`flo-seg migrations` runs it through delta-rs (no JVM), the report through Spark SQL. A customer who had
-no segment before (a new customer) comes from `NEW`.
+A migration is a recorded segment change: the stream's (its micro-batches, and the sweeps that age
+customers and move them to a new model) and a retrain's (`flo-seg train` on a lake that has segments
+records who it moves, with `RETRAIN_BATCH_ID`). One SQL statement defines the matrix, so both engines
+compute the same numbers: `flo-seg migrations` runs it through delta-rs (no JVM), the report through
+Spark SQL. A customer who had no segment before (a new customer) comes from `NEW`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
 from flo_seg.settings import LakeSettings
 from schemas.tables import SEGMENT_CHANGES
 
 if TYPE_CHECKING:  # pandas is imported where it is used: `flo-seg --help` reads NEW and PERIODS only
     import pandas as pd
-    from pyspark.sql import SparkSession
 
 NEW = "(new)"
+# segment_changes.batch_id of the changes a retrain records (the stream's batch ids start at 0).
+RETRAIN_BATCH_ID = -1
 PERIODS = ("all", "day", "week", "month")
 COLUMNS = ("period", "from_segment", "to_segment", "changes", "customers", "share", "share_of_from")
 
@@ -99,6 +104,28 @@ def matrix_text(moves: pd.DataFrame) -> str:
         changes = int(rows["changes"].sum())
         parts.append(f"{period}: {changes} change{'s' if changes != 1 else ''}\n{matrix_cells(rows).to_string()}\n")
     return "\n".join(parts)
+
+
+def retrain_change_rows(previous: DataFrame, scored: DataFrame, changed_at: dt.datetime) -> DataFrame:
+    """The customers a retrain moves, as segment_changes rows: `scored` (the new model's segments)
+    against `previous` (master_id, segment before it), new customers coming from no segment."""
+    before = previous.select("master_id", F.col("segment").alias("previous_segment"))
+    moved = scored.join(before, "master_id", "left").where(
+        F.col("previous_segment").isNull() | (F.col("previous_segment") != F.col("segment"))
+    )
+    change_id = F.substring(
+        F.sha2(F.concat_ws("|", "master_id", F.lit("retrain"), "model_version", "segment"), 256), 1, 32
+    )
+    return moved.select(
+        change_id.alias("change_id"),
+        "master_id",
+        "previous_segment",
+        "segment",
+        "model_version",
+        "as_of",
+        F.lit(changed_at).cast("timestamp").alias("changed_at"),
+        F.lit(RETRAIN_BATCH_ID).cast("long").alias("batch_id"),
+    )
 
 
 def _no_changes(lake: LakeSettings) -> LookupError:

@@ -17,8 +17,17 @@ from pyspark.sql import types as T
 from batch.compact import append_segments, compact_lake, reset_logs
 from batch.explore import CORRELATED, data_profile, profile_frame
 from batch.features import CLUSTER_FEATURES, with_customer_features
-from batch.lake import append_table, overwrite_table, read_table, table_exists, write_concurrently
+from batch.lake import (
+    append_table,
+    ensure_table,
+    latest_commit,
+    overwrite_table,
+    read_table,
+    table_exists,
+    write_concurrently,
+)
 from batch.load import read_history
+from batch.migrations import retrain_change_rows
 from batch.model import best_k, feature_caps, fit_pipeline, sample_points, score_candidate, score_clusters, select_k
 from batch.registry import ModelRecord, artifact_path, new_version, publish_model
 from batch.rfm import training_rfm_edges, with_training_rfm_scores
@@ -41,6 +50,7 @@ from schemas.tables import (
     CUSTOMER_STATE_SCHEMA,
     DATA_PROFILE,
     QUARANTINE,
+    SEGMENT_CHANGES,
     SEGMENT_LOG,
     SEGMENT_PROFILES,
     STATE_LOG,
@@ -266,6 +276,7 @@ def run_train(
     )
     pipeline.write().overwrite().save(record.artifact_path)
 
+    previous = segments_before(spark, lake)
     with step("scoring and writing tables"):
         scored = (
             features.transform(lambda df: with_segments(df, ScoringModel(record, pipeline)))
@@ -295,6 +306,8 @@ def run_train(
         else:
             # Through segment_log, like a re-score: a running stream's state learns the new segments.
             writes[CUSTOMER_SEGMENTS] = lambda: segments_through_log(spark, lake, scored)
+        if previous is not None:
+            writes[SEGMENT_CHANGES] = lambda: record_moves(spark, lake, previous, scored, now)
         write_concurrently(writes, step)
         # Last: the version becomes current only once its segments are written.
         with step("model registry"):
@@ -305,6 +318,25 @@ def run_train(
         validated.unpersist()
     summary.model_version, summary.k, summary.silhouette = version, k, record.silhouette
     return summary
+
+
+def segments_before(spark: SparkSession, lake: LakeSettings) -> DataFrame | None:
+    """customer_segments as it is before this train writes it (pinned to its current version), if any."""
+    if not table_exists(spark, lake, CUSTOMER_SEGMENTS):
+        return None
+    version = latest_commit(spark, lake, CUSTOMER_SEGMENTS)
+    return spark.read.format("delta").option("versionAsOf", version).load(lake.table(CUSTOMER_SEGMENTS))
+
+
+def record_moves(
+    spark: SparkSession, lake: LakeSettings, previous: DataFrame, scored: DataFrame, now: dt.datetime
+) -> None:
+    """Append the customers this retrain moves to another segment to segment_changes (migration counts them)."""
+    ensure_table(spark, lake, SEGMENT_CHANGES)
+    moves = retrain_change_rows(previous, scored, now).cache()
+    append_table(moves, lake, SEGMENT_CHANGES)
+    log.info("the retrain moved %d customers to another segment (recorded in segment_changes)", moves.count())
+    moves.unpersist()
 
 
 def replace_state_table(spark: SparkSession, lake: LakeSettings, state: DataFrame) -> None:

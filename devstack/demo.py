@@ -1,8 +1,8 @@
 """`make demo`: the whole product on the built-in data, end to end, on this machine.
 
 generate → train → stream (background) → produce a replay for about a minute while printing, every few
-seconds, a summary of the live segment changes → final segment sizes → report → stop the stream (the broker
-stays up).
+seconds, a summary of the live segment changes → final segment sizes → the migration matrix → report →
+stop the stream (the broker stays up).
 """
 
 from __future__ import annotations
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "SELECT reason, count(*) AS events FROM quarantine GROUP BY reason ORDER BY 2 DESC",
         )
     )
+    run(flo_seg(settings, "migrations"))  # who moved where during the run
     run(flo_seg(settings, "report", "--out", str(settings.workdir / "report")))
     print(
         f"\ndemo finished in {time.monotonic() - started:.0f}s. Report: {settings.workdir / 'report' / 'report.html'}"

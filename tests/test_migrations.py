@@ -14,11 +14,13 @@ from batch.lake import append_table
 from batch.migrations import (
     COLUMNS,
     NEW,
+    RETRAIN_BATCH_ID,
     matrix_frame,
     matrix_text,
     migration_sql,
     read_migrations_native,
     read_migrations_spark,
+    retrain_change_rows,
 )
 from batch.report import Table, migration_section
 from flo_seg import cli
@@ -152,3 +154,19 @@ def test_the_report_shows_the_matrix_or_says_none_is_recorded(lake: LakeSettings
     ]
     empty = migration_section(pd.DataFrame(columns=list(COLUMNS)))
     assert empty.blocks == ("No segment changes recorded yet: the stream records them.",)
+
+
+def test_a_retrain_records_the_customers_it_moves(spark: SparkSession) -> None:
+    previous = spark.createDataFrame([("c1", "a"), ("c2", "a"), ("c3", "b")], "master_id string, segment string")
+    scored = spark.createDataFrame(
+        [("c1", "a", "v2", D2), ("c2", "b", "v2", D2), ("c4", "b", "v2", D2)],
+        "master_id string, segment string, model_version string, as_of date",
+    )
+    at = dt.datetime(2021, 6, 2, 9, 30)
+    rows = retrain_change_rows(previous, scored, at).orderBy("master_id").collect()
+    assert [(r["master_id"], r["previous_segment"], r["segment"], r["batch_id"]) for r in rows] == [
+        ("c2", "a", "b", RETRAIN_BATCH_ID),  # c1 stays in a; c3 is not scored (no move to record)
+        ("c4", None, "b", RETRAIN_BATCH_ID),
+    ]
+    assert {(r["model_version"], r["as_of"], r["changed_at"]) for r in rows} == {("v2", D2, at)}
+    assert len({r["change_id"] for r in rows}) == 2 and all(len(r["change_id"]) == 32 for r in rows)
