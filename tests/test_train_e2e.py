@@ -138,20 +138,6 @@ def test_rescore_ages_recency(spark: SparkSession, lake: LakeSettings) -> None:
     assert all(after[m]["r_score"] <= before[m]["r_score"] for m in before)
 
 
-def test_retrain_from_lake_keeps_old_versions_loadable(spark: SparkSession, lake: LakeSettings) -> None:
-    first = read_table(spark, lake, "models").collect()[0]
-    summary = run_train(spark, lake, TrainSettings(k=3, seed=11), history_path=None)
-    models = {r["model_version"]: r for r in read_table(spark, lake, "models").collect()}
-    assert set(models) == {first["model_version"], summary.model_version}
-    assert models[summary.model_version]["is_current"] and not models[first["model_version"]]["is_current"]
-    assert models[summary.model_version]["k"] == 3 and models[summary.model_version]["k_selection"] == []
-    assert PipelineModel.load(first["artifact_path"]) is not None
-    segments = read_table(spark, lake, "customer_segments")
-    assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
-    versions = {r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()}
-    assert versions == {first["model_version"], summary.model_version}
-
-
 def test_query_formats(spark: SparkSession, lake: LakeSettings, capsys: pytest.CaptureFixture[str]) -> None:
     n = run_query(spark, lake, "SELECT count(*) AS n FROM customer_state", fmt="json", limit=10)
     assert n == 1
@@ -212,8 +198,8 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """On a copy of the shared lake trained from its history; the `--from-lake` retrain is the CLI's on a
-    terminal, choosing k, so it shows the bar of the k candidates too."""
+    """On a copy of the shared lake trained from its history. The `--from-lake` retrain is the CLI's on a
+    terminal, choosing k, so it shows the bar of the k candidates too, and it keeps the first version loadable."""
     from test_cli import _Terminal
 
     shutil.copytree(trained_lake, tmp_path / "lake")
@@ -221,6 +207,7 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     history = trained_lake.parent / "history.csv"  # what tests/streaming_support.py trained it on
     customers = read_table(spark, lake, "customer_state").count()
     assert customers == 600
+    first = read_table(spark, lake, "models").collect()[0]
     assert streamed_into(spark, lake) is None  # a train's own writes are not the stream's: a retrain may go on
     guard_streamed_state(spark, lake, str(history), replace_state=False)
     new_customer = "streamed-new-customer"
@@ -247,9 +234,22 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     assert state.count() == customers + 1
     assert state.where(F.col("master_id") == new_customer).first()["state_seq"] == 1  # type: ignore[index]
     assert read_table(spark, lake, "customer_segments").where(F.col("master_id") == new_customer).count() == 1
+    # A new current version; the first stays in the registry, loadable, with its profiles.
+    models = {r["model_version"]: r for r in read_table(spark, lake, "models").collect()}
+    assert len(models) == 2 and first["model_version"] in models
+    retrained = next(m for v, m in models.items() if v != first["model_version"])
+    assert retrained["is_current"] and not models[first["model_version"]]["is_current"]
+    assert [c["k"] for c in retrained["k_selection"]] == [2, 3, 4]
+    assert PipelineModel.load(first["artifact_path"]) is not None
+    segments = read_table(spark, lake, "customer_segments")
+    assert {r[0] for r in segments.select("model_version").distinct().collect()} == {retrained["model_version"]}
+    versions = {r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()}
+    assert versions == {first["model_version"], retrained["model_version"]}
 
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history), replace_state=True)
+    summary = run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history), replace_state=True)
     assert read_table(spark, lake, "customer_state").where(F.col("master_id") == new_customer).count() == 0
+    models = {r["model_version"]: r for r in read_table(spark, lake, "models").collect()}
+    assert models[summary.model_version]["k"] == 3 and models[summary.model_version]["k_selection"] == []  # k given
 
 
 def test_cli_refuses_a_lake_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
