@@ -21,10 +21,12 @@ help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- set-up
+# uv installs the same requirements as pip, faster from its cache: a new venv took 29-33 s against pip's
+# 41-52 s (two alternating runs each, warm caches, 2026-12-06), which every fresh clone and CI run pays.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check 'uv>=0.9,<1'
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/uv pip install -q -e '.[dev]'
 	@# devstack/ and benchmarks/ are not installed (they are not the product): the venv sees the checkout.
 	$(BIN)/python -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "flo-seg-checkout.pth").write_text("$(CURDIR)\n")'
 	touch $@
