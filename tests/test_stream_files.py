@@ -21,6 +21,7 @@ from streaming_support import KAFKA_SCHEMA, EventSet, expected_state, make_event
 
 from batch.compact import compact_lake
 from batch.lake import read_table
+from batch.migrations import NEW, migration_sql, read_migrations_native
 from batch.score import load_current_model, score_customers
 from flo_seg.settings import LakeSettings
 from streaming.job import RecordSource, StreamSettings, read_clock, start_stream
@@ -204,3 +205,16 @@ def test_a_restart_over_the_same_records_writes_nothing_again(
     for name in tables:
         got = read_table(spark, lake, name)
         assertDataFrameEqual(got, spark.createDataFrame(before[name], schema=got.schema))
+
+
+def test_the_migration_matrix_adds_up_to_the_changes_recorded(
+    spark: SparkSession, streamed: tuple[LakeSettings, Path, Path]
+) -> None:
+    lake = streamed[0]
+    changes = read_table(spark, lake, "segment_changes")
+    moves = read_migrations_native(lake, migration_sql())
+    assert int(moves["changes"].sum()) == changes.count() > 0
+    cells = changes.groupBy(F.coalesce("previous_segment", F.lit(NEW)).alias("from"), "segment").count().collect()
+    assert {(r["from"], r["segment"]): r["count"] for r in cells} == {
+        (r["from_segment"], r["to_segment"]): r["changes"] for r in moves.to_dict("records")
+    }

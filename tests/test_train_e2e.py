@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from batch.generate import write_history_csv
 from batch.lake import read_table
+from batch.migrations import RETRAIN_BATCH_ID
 from batch.query import run_query
 from batch.rescore import run_rescore
 from batch.train import guard_streamed_state, run_train, streamed_into
@@ -245,6 +246,19 @@ def test_train_from_history_refuses_to_discard_what_the_stream_added(
     assert {r[0] for r in segments.select("model_version").distinct().collect()} == {retrained["model_version"]}
     versions = {r[0] for r in read_table(spark, lake, "segment_profiles").select("model_version").distinct().collect()}
     assert versions == {first["model_version"], retrained["model_version"]}
+    # The retrain records whom it moved (batch_id -1): each customer whose segment differs from before it.
+    trained_segments = read_table(spark, LakeSettings(root=str(trained_lake)), "customer_segments").collect()
+    before = {r["master_id"]: r["segment"] for r in trained_segments}
+    moved = {
+        r["master_id"]: (before[r["master_id"]], r["segment"]) for r in segments.collect() if r["master_id"] in before
+    }
+    recorded = read_table(spark, lake, "segment_changes").where(F.col("batch_id") == RETRAIN_BATCH_ID).collect()
+    assert {r["model_version"] for r in recorded} == {retrained["model_version"]}
+    changed = {m: move for m, move in moved.items() if move[0] != move[1]}
+    assert changed  # k 2..4 chosen against the lake's fixed k: some customers move
+    assert {
+        r["master_id"]: (r["previous_segment"], r["segment"]) for r in recorded if r["master_id"] in before
+    } == changed
 
     summary = run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history), replace_state=True)
     assert read_table(spark, lake, "customer_state").where(F.col("master_id") == new_customer).count() == 0
