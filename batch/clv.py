@@ -140,10 +140,10 @@ def p_alive(params: BgNbd, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> ArrayL
 
 
 def expected_orders(params: BgNbd, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> ArrayLike:
-    """Expected orders in the next `t` days given (x, t_x, T) (needs a > 1, as BG/NBD's mean does)."""
+    """Expected orders in the next `t` days given (x, t_x, T) (the published formula; a = 1 exactly is its pole)."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if a <= 1:
-        raise ValueError(f"BG/NBD a = {a:.3f} <= 1: the expected orders are unbounded")
+    if abs(a - 1) < 1e-9:
+        raise ValueError("BG/NBD a = 1: the conditional expectation's closed form has a pole there")
     x, T = np.asarray(x, dtype=float), np.asarray(T, dtype=float)
     z = t / (alpha + T + t)
     hyper = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
