@@ -91,7 +91,10 @@ def matrix_cells(moves: pd.DataFrame) -> pd.DataFrame:
         total = int(matrix.loc[name, "total"])
         for column in matrix.columns[:-1]:
             count = int(matrix.loc[name, column])
-            cells.loc[name, column] = f"{count} ({count / total:.0%})" if count else "."
+            share = count / total
+            cells.loc[name, column] = (
+                "." if not count else f"{count} ({share:.0%})" if share >= 0.005 else f"{count} (<1%)"
+            )
     return cells
 
 

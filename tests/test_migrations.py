@@ -15,6 +15,7 @@ from batch.migrations import (
     COLUMNS,
     NEW,
     RETRAIN_BATCH_ID,
+    matrix_cells,
     matrix_frame,
     matrix_text,
     migration_sql,
@@ -117,6 +118,11 @@ def test_the_printed_matrix_has_rows_from_and_columns_to(lake: LakeSettings) -> 
     assert text.splitlines()[0] == "2021-06-01: 6 changes"
     assert "3 (100%)" in text and "1 (50%)" in text
     assert matrix_text(moves.iloc[0:0]) == "no segment changes in the window\n"
+    many = pd.DataFrame(
+        [("2021-06-01", "a", "b", 999, 999, 0.999, 0.999), ("2021-06-01", "a", "c", 1, 1, 0.001, 0.001)],
+        columns=list(COLUMNS),
+    )
+    assert matrix_cells(many).to_dict("index")["a"] == {"a": ".", "b": "999 (100%)", "c": "1 (<1%)", "total": 1000}
 
 
 def test_cli_prints_the_matrix_and_the_rows(lake: LakeSettings, capsys: pytest.CaptureFixture[str]) -> None:
