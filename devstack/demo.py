@@ -107,7 +107,10 @@ def watch_changes(
     """Print, every few seconds, a summary of the segment changes that arrived on flo.segment-changes since
     the last one (from the moment the demo starts), with how long after their customer's latest order (both
     Kafka timestamps) they were published."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None)
+    # No group: nothing to commit (kafka-python warns about auto-commit without a group unless it is off).
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, consumer_timeout_ms=500, group_id=None, enable_auto_commit=False
+    )
     partitions = [
         TopicPartition(topic, p)
         for topic in ("flo.orders", "flo.segment-changes")
