@@ -29,6 +29,7 @@ from streaming_support import (
 
 from batch.compact import compact_lake
 from batch.lake import read_table
+from batch.migrations import RETRAIN_BATCH_ID
 from batch.score import load_current_model, score_customers
 from batch.train import run_train
 from devstack.stack import TopicSpec, ensure_topics
@@ -406,8 +407,12 @@ def test_new_model_is_hot_reloaded_while_the_stream_runs(
     assert {r[0] for r in segments.select("model_version").distinct().collect()} == {summary.model_version}
     assert segments.count() == read_table(spark, lake, "customer_state").count()
     changes = read_table(spark, lake, "segment_changes").toPandas()
-    switched = changes.loc[changes["model_version"] == summary.model_version, "batch_id"].min()
-    assert (changes.loc[changes["batch_id"] > switched, "model_version"] == summary.model_version).all()
+    # The retrain records whom it moved (batch_id -1), all on the new model; then the stream's batches.
+    retrain = changes[changes["batch_id"] == RETRAIN_BATCH_ID]
+    assert (retrain["model_version"] == summary.model_version).all()
+    streamed = changes[changes["batch_id"] >= 0]
+    switched = streamed.loc[streamed["model_version"] == summary.model_version, "batch_id"].min()
+    assert (streamed.loc[streamed["batch_id"] > switched, "model_version"] == summary.model_version).all()
 
 
 def test_a_rescore_while_the_stream_runs_is_what_its_next_change_starts_from(
