@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flo_seg.settings import LakeSettings
@@ -109,16 +109,12 @@ def matrix_text(moves: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def retrain_change_rows(previous: DataFrame, scored: DataFrame, changed_at: dt.datetime) -> DataFrame:
-    """The customers a retrain moves, as segment_changes rows: `scored` (the new model's segments)
-    against `previous` (master_id, segment before it), new customers coming from no segment."""
-    before = previous.select("master_id", F.col("segment").alias("previous_segment"))
-    moved = scored.join(before, "master_id", "left").where(
-        F.col("previous_segment").isNull() | (F.col("previous_segment") != F.col("segment"))
-    )
-    change_id = F.substring(
-        F.sha2(F.concat_ws("|", "master_id", F.lit("retrain"), "model_version", "segment"), 256), 1, 32
-    )
+def change_rows(scored: DataFrame, *, batch_id: int, id_tag: Column, changed_at: Column) -> DataFrame:
+    """Scored customers whose segment differs from their `previous_segment` (or who had none), as
+    segment_changes rows. change_id hashes the customer, `id_tag`, the model version and the new segment,
+    so the same change written again (a replayed micro-batch) keeps its id."""
+    moved = scored.where(F.col("previous_segment").isNull() | (F.col("previous_segment") != F.col("segment")))
+    change_id = F.substring(F.sha2(F.concat_ws("|", "master_id", id_tag, "model_version", "segment"), 256), 1, 32)
     return moved.select(
         change_id.alias("change_id"),
         "master_id",
@@ -126,8 +122,20 @@ def retrain_change_rows(previous: DataFrame, scored: DataFrame, changed_at: dt.d
         "segment",
         "model_version",
         "as_of",
-        F.lit(changed_at).cast("timestamp").alias("changed_at"),
-        F.lit(RETRAIN_BATCH_ID).cast("long").alias("batch_id"),
+        changed_at.cast("timestamp").alias("changed_at"),
+        F.lit(batch_id).cast("long").alias("batch_id"),
+    )
+
+
+def retrain_change_rows(previous: DataFrame, scored: DataFrame, changed_at: dt.datetime) -> DataFrame:
+    """The customers a retrain moves, as segment_changes rows: `scored` (the new model's segments)
+    against `previous` (master_id, segment before it), new customers coming from no segment."""
+    before = previous.select("master_id", F.col("segment").alias("previous_segment"))
+    return change_rows(
+        scored.join(before, "master_id", "left"),
+        batch_id=RETRAIN_BATCH_ID,
+        id_tag=F.lit("retrain"),
+        changed_at=F.lit(changed_at),
     )
 
 

@@ -51,6 +51,7 @@ from batch.lake import (
     table_exists,
     with_conflict_retry,
 )
+from batch.migrations import change_rows
 from batch.score import ScoringModel, load_current_model, score_customers
 from flo_seg.errors import first_line
 from flo_seg.faults import crash_point
@@ -240,20 +241,7 @@ class ModelCache:
 
 def segment_change_rows(scored: DataFrame, batch_id: int) -> DataFrame:
     """Scored customers whose segment differs from `previous_segment` (or who had none), as change events."""
-    changed = scored.where(F.col("previous_segment").isNull() | (F.col("previous_segment") != F.col("segment")))
-    change_id = F.substring(
-        F.sha2(F.concat_ws("|", "master_id", F.lit(batch_id), "model_version", "segment"), 256), 1, 32
-    )
-    return changed.select(
-        change_id.alias("change_id"),
-        "master_id",
-        "previous_segment",
-        "segment",
-        "model_version",
-        "as_of",
-        F.current_timestamp().alias("changed_at"),
-        F.lit(batch_id).cast("long").alias("batch_id"),
-    )
+    return change_rows(scored, batch_id=batch_id, id_tag=F.lit(batch_id), changed_at=F.current_timestamp())
 
 
 def _published_key(seq: str, model: str, as_of: str) -> F.Column:
