@@ -46,11 +46,12 @@ def migration_sql(*, since: dt.date | None = None, until: dt.date | None = None,
     if until is not None:
         bounds.append(f"changed_at < TIMESTAMP '{until.isoformat()} 00:00:00'")
     where = f"WHERE {' AND '.join(bounds)}" if bounds else ""
-    if period == "all":
-        start = f"DATE '{since.isoformat()}'" if since is not None else "min(CAST(changed_at AS DATE)) OVER ()"
-        bucket = start
-    else:
+    if period != "all":
         bucket = f"CAST(date_trunc('{period}', changed_at) AS DATE)"
+    elif since is not None:
+        bucket = f"DATE '{since.isoformat()}'"
+    else:
+        bucket = "min(CAST(changed_at AS DATE)) OVER ()"
     return f"""
 WITH moves AS (
   SELECT {bucket} AS period, coalesce(previous_segment, '{NEW}') AS from_segment, segment AS to_segment, master_id
@@ -71,9 +72,7 @@ def matrix_frame(moves: pd.DataFrame) -> pd.DataFrame:
 
     if moves.empty:
         return pd.DataFrame()
-    matrix = moves.pivot_table(
-        index="from_segment", columns="to_segment", values="changes", aggfunc="sum", fill_value=0
-    ).astype(int)
+    matrix = moves.pivot_table(index="from_segment", columns="to_segment", values="changes", aggfunc="sum")
     order = sorted(set(matrix.index) | set(matrix.columns), key=lambda name: (name != NEW, name))
     matrix = matrix.reindex(index=[n for n in order if n in matrix.index], columns=[n for n in order if n != NEW])
     matrix = matrix.fillna(0).astype(int)
