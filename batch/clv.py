@@ -22,6 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from scipy import optimize, special
 
 ArrayLike = np.ndarray
@@ -180,3 +184,83 @@ def simulate_bgnbd(params: BgNbd, ages: ArrayLike, seed: int) -> tuple[ArrayLike
             if rng.random() < p:
                 break
     return x, t_x
+
+
+# ------------------------------------------------------------------------------------- the model pair
+ORDERS_HORIZON_DAYS = 90  # expected_orders_90d
+VALUE_HORIZON_DAYS = 365  # expected_value_12m (undiscounted)
+CLV_COLUMNS: tuple[str, ...] = ("p_alive", "expected_orders_90d", "expected_value_12m")
+
+
+@dataclass(frozen=True)
+class ClvModel:
+    """The fitted pair a model version stores and scores every customer with."""
+
+    orders: BgNbd
+    spend: GammaGamma
+
+    def as_map(self) -> dict[str, float]:
+        """The parameters as the `models` table's `clv_params` map."""
+        return {**self.orders.as_dict(), **self.spend.as_dict()}
+
+    @classmethod
+    def from_map(cls, params: dict[str, float] | None) -> ClvModel | None:
+        """Parse `clv_params`; None for a version trained without it (or whose fit failed)."""
+        if not params:
+            return None
+        return cls(
+            BgNbd(params["r"], params["alpha"], params["a"], params["b"]),
+            GammaGamma(params["p"], params["q"], params["gamma"]),
+        )
+
+
+def fit_clv(orders: ArrayLike, t_x: ArrayLike, T: ArrayLike, order_value: ArrayLike) -> ClvModel:
+    """Both models from customers' total orders, days between first and last order, age, average order value."""
+    orders = np.asarray(orders, dtype=float)
+    return ClvModel(fit_bgnbd(orders - 1, t_x, T), fit_gamma_gamma(orders, order_value))
+
+
+def clv_scores(
+    model: ClvModel, orders: ArrayLike, t_x: ArrayLike, T: ArrayLike, order_value: ArrayLike
+) -> dict[str, ArrayLike]:
+    """P(alive), expected orders in the next 90 days and expected spend in the next 12 months, per customer."""
+    orders = np.asarray(orders, dtype=float)
+    x = np.maximum(orders - 1, 0.0)
+    spend = expected_spend(model.spend, orders, order_value)
+    return {
+        "p_alive": p_alive(model.orders, x, t_x, T),
+        "expected_orders_90d": expected_orders(model.orders, ORDERS_HORIZON_DAYS, x, t_x, T),
+        "expected_value_12m": expected_orders(model.orders, VALUE_HORIZON_DAYS, x, t_x, T) * spend,
+    }
+
+
+# ------------------------------------------------------------------------------------------ Spark edge
+def clv_inputs() -> dict[str, Column]:
+    """The model inputs of featurised customers (batch/features.py): orders, t_x and T in days, and the
+    average order value."""
+    span = F.greatest(F.datediff(F.col("last_order_date"), F.col("first_order_date")), F.lit(0))
+    return {
+        "orders": F.col("frequency").cast("double"),
+        "t_x": F.least(span, F.col("tenure")).cast("double"),
+        "T": F.col("tenure").cast("double"),
+        "order_value": F.col("avg_order_value").cast("double"),
+    }
+
+
+CLV_INPUTS = ("orders", "t_x", "T", "order_value")
+_SCORES = T.StructType([T.StructField(name, T.DoubleType()) for name in CLV_COLUMNS])
+
+
+def with_clv(features_df: DataFrame, model: ClvModel | None) -> DataFrame:
+    """P(alive), expected orders (90 days) and expected value (12 months) per customer, in one vectorised
+    UDF (the expected orders need scipy's hyp2f1); null for a model version without CLV parameters."""
+    if model is None:
+        return features_df.select("*", *[F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS])
+
+    def scores(inputs: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(clv_scores(model, *(inputs[c].to_numpy() for c in CLV_INPUTS)))
+
+    udf = F.pandas_udf(scores, _SCORES)  # type: ignore[call-overload]
+    packed = F.struct(*[column.alias(name) for name, column in clv_inputs().items()])
+    scored = features_df.withColumn("_clv", udf(packed))
+    return scored.select(*features_df.columns, *[F.col("_clv")[c].alias(c) for c in CLV_COLUMNS])

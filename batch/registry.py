@@ -9,6 +9,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
+from batch.clv import ClvModel
 from batch.lake import overwrite_table, read_table, table_exists
 from batch.model import KCandidate
 from batch.rfm import RfmEdges
@@ -36,6 +37,8 @@ class ModelRecord:
     seed: int
     as_of: dt.date
     trained_at: dt.datetime
+    # Lifetime value and churn risk (batch/clv.py); None for versions trained before them or a failed fit.
+    clv: ClvModel | None = None
 
     def to_row(self, *, is_current: bool) -> Row:
         """The record as a `models` table row."""
@@ -67,6 +70,7 @@ class ModelRecord:
             as_of=self.as_of,
             trained_at=self.trained_at,
             is_current=is_current,
+            clv_params=None if self.clv is None else self.clv.as_map(),
         )
 
     @classmethod
@@ -92,6 +96,7 @@ class ModelRecord:
             seed=row["seed"],
             as_of=row["as_of"],
             trained_at=row["trained_at"],
+            clv=ClvModel.from_map(row.asDict().get("clv_params")),
         )
 
 

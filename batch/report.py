@@ -755,6 +755,77 @@ def profile_section(profiles: pd.DataFrame, order: Sequence[str]) -> Section:
     return Section(title="Segment profiles and actions", blocks=(Table(frame),))
 
 
+def lifetime_value_frame(profiles: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Per segment: mean P(alive), churn risk, expected orders and value, in segment order (numbers)."""
+    by_segment = {p["segment"]: p for p in profiles.to_dict("records")}
+    rows = []
+    for s in (s for s in order if s in by_segment):
+        p = by_segment[s]
+        alive = p.get("p_alive_mean")
+        rows.append(
+            {
+                "segment": s,
+                "customers": int(p["customers"]),
+                "mean P(alive)": alive,
+                "churn risk": None if alive is None or pd.isna(alive) else 1 - alive,
+                "P(alive) < 0.5": p.get("at_risk_share"),
+                "expected orders, 90 days": p.get("expected_orders_90d_mean"),
+                "expected value, 12 months": p.get("expected_value_12m_mean"),
+                "segment's expected value, 12 months": p.get("expected_value_12m_total"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def lifetime_value_figure(frame: pd.DataFrame, colors: Mapping[str, str]) -> Figure:
+    """Bars of each segment's total expected 12-month value, labelled with its mean P(alive)."""
+    fig = Figure(figsize=(8, 0.6 * len(frame) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    labels = list(frame["segment"])[::-1]
+    values = [float(v) for v in frame["segment's expected value, 12 months"]][::-1]
+    alive = [float(v) for v in frame["mean P(alive)"]][::-1]
+    ax.barh(labels, values, color=[colors[s] for s in labels])
+    for y, (value, p) in enumerate(zip(values, alive, strict=True)):
+        ax.text(value, y, f"  {value:,.0f} (P(alive) {p:.4f})", va="center")
+    ax.set_xlim(0, max([*values, 1.0]) * 1.45)
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_xlabel("expected spend in the next 12 months, all the segment's customers")
+    ax.set_title("Lifetime value per segment")
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def lifetime_value_section(
+    profiles: pd.DataFrame, order: Sequence[str], colors: Mapping[str, str], record: ModelRecord
+) -> Section:
+    """What each segment is worth over the next year and how likely its customers are still buying."""
+    title = "Lifetime value and churn risk"
+    frame = lifetime_value_frame(profiles, order)
+    if record.clv is None or frame.empty or frame["mean P(alive)"].isna().all():
+        return Section(title=title, blocks=("This model version has no lifetime value model (retrain to fit one).",))
+    orders, spend = record.clv.orders, record.clv.spend
+    note = (
+        "BG/NBD (purchases and dropout) and Gamma-Gamma (spend per order), fitted at training on the model's "
+        f"sample: r={orders.r:.3g}, alpha={orders.alpha:.3g} days, a={orders.a:.3g}, b={orders.b:.3g} (a "
+        f"customer drops out after an order with mean probability {orders.a / (orders.a + orders.b):.2%}); "
+        f"p={spend.p:.3g}, q={spend.q:.3g}, gamma={spend.gamma:.3g}. Churn risk is 1 - P(alive); expected "
+        "value is undiscounted. Every customer's values are in `customer_segments` (p_alive, "
+        "expected_orders_90d, expected_value_12m), kept current by the stream."
+    )
+    plot = Plot(
+        "lifetime_value",
+        "Total expected spend of each segment's customers in the next 12 months, with their mean P(alive).",
+        figure_png(lifetime_value_figure(frame, colors)),
+    )
+    shown = frame.copy()
+    for column in ("mean P(alive)", "churn risk"):
+        shown[column] = [f"{v:.4f}" for v in shown[column]]
+    shown["P(alive) < 0.5"] = [percent(v, 2) for v in shown["P(alive) < 0.5"]]
+    for column in ("expected orders, 90 days", "expected value, 12 months", "segment's expected value, 12 months"):
+        shown[column] = [format_cell(float(v)) for v in shown[column]]
+    return Section(title=title, blocks=(note, plot, Table(shown)))
+
+
 def crosstab_section(counts: pd.DataFrame, order: Sequence[str]) -> Section:
     """How the model's segments relate to the classic RFM segments marketing already knows."""
     crosstab = rfm_crosstab(counts, order)
@@ -812,7 +883,7 @@ def campaign_section(campaigns: pd.DataFrame, segmented: int) -> Section:
 
 
 def build_sections(data: ReportData) -> list[Section]:
-    """All twelve sections, in reading order, from collected data only."""
+    """All thirteen sections, in reading order, from collected data only."""
     order = segment_order(data.record.segment_names, list(data.distributions["segment"]))
     colors = segment_colors(order)
     sizes = segment_sizes(data.distributions, order)
@@ -826,6 +897,7 @@ def build_sections(data: ReportData) -> list[Section]:
         lambda: projection_section(data.sample_features, data.sample_segments, data.record.features, colors),
         lambda: channel_mix_section(data.profiles, order),
         lambda: profile_section(data.profiles, order),
+        lambda: lifetime_value_section(data.profiles, order, colors, data.record),
         lambda: crosstab_section(data.crosstab_counts, order),
         lambda: migration_section(data.migrations),
         lambda: campaign_section(data.campaigns, int(sizes["customers"].sum())),

@@ -9,6 +9,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batch.clv import with_clv
 from batch.features import default_as_of, with_customer_features
 from batch.model import PREDICTION, SCALED, score_clusters
 from batch.registry import ModelRecord, current_model_record, load_pipeline
@@ -32,12 +33,13 @@ def load_current_model(spark: SparkSession, lake: LakeSettings) -> ScoringModel:
 
 
 def with_segments(features_df: DataFrame, model: ScoringModel) -> DataFrame:
-    """Cluster, segment name and model version for featurised customers."""
+    """Cluster, segment name, model version, P(alive) and expected orders and value for featurised customers."""
     return (
         score_clusters(model.pipeline, features_df)
         .drop(SCALED)
         .withColumn("segment", segment_name(model.record.segment_names, F.col(PREDICTION)))
         .withColumn("model_version", F.lit(model.record.version))
+        .transform(lambda df: with_clv(df, model.record.clv))
     )
 
 

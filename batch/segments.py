@@ -93,6 +93,7 @@ def segment_profiles(scored_df: DataFrame) -> DataFrame:
         *channel_shares,
         *category_shares,
         F.first("as_of").alias("as_of"),
+        *lifetime_value_stats(),
     )
     rfm = (
         scored_df.groupBy("segment", "rfm_segment")
@@ -120,6 +121,24 @@ def segment_profiles(scored_df: DataFrame) -> DataFrame:
             *[f"_cat_{i}" for i in range(len(CATEGORIES))],
         )
     )
+
+
+# A customer whose P(alive) is under this has probably stopped buying; a segment where at least
+# AT_RISK_SEGMENT_SHARE of the customers have is one to win back.
+PROBABLY_GONE = 0.5
+AT_RISK_SEGMENT_SHARE = 0.10
+
+
+def lifetime_value_stats() -> list[Column]:
+    """Per-segment lifetime value and churn risk aggregates (null under a model version without CLV)."""
+    gone = F.when(F.col("p_alive").isNotNull(), (F.col("p_alive") < PROBABLY_GONE).cast("double"))
+    return [
+        F.avg("p_alive").alias("p_alive_mean"),
+        F.avg(gone).alias("at_risk_share"),
+        F.avg("expected_orders_90d").alias("expected_orders_90d_mean"),
+        F.avg("expected_value_12m").alias("expected_value_12m_mean"),
+        F.sum("expected_value_12m").alias("expected_value_12m_total"),
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +182,7 @@ class Action:
 
 
 def recommend_action(profile: dict[str, Any], pop: Population) -> Action:
-    """The action for one segment profile, from its value, recency, newness and channel habits."""
+    """The action for one segment profile, from its value, recency, newness, churn risk and channel habits."""
     mix: dict[str, float] = profile.get("channel_mix") or {}
     groups: dict[str, float] = {}
     for channel, share in mix.items():
@@ -183,9 +202,14 @@ def recommend_action(profile: dict[str, Any], pop: Population) -> Action:
     is_recent, is_lapsing = recency <= pop.recency_p40, recency >= pop.recency_p60
     is_high_value = monetary >= pop.monetary_p60
     is_new = tenure <= pop.tenure_p25
+    at_risk = profile.get("at_risk_share")
+    many_gone = at_risk is not None and at_risk >= AT_RISK_SEGMENT_SHARE
     if is_new:
         offer = f"second-purchase incentive (15% off the next {top} order)"
         timing = "within 30 days of the first order"
+    elif many_gone and is_high_value:
+        offer = f"personal win-back offer (20% off {top}) to the customers likely gone, perks to the rest"
+        timing = f"now: {at_risk:.0%} of them have probably stopped buying (P(alive) < {PROBABLY_GONE})"
     elif is_recent and is_high_value:
         offer = f"early access to the new {top} collection and loyalty perks, no discount"
         timing = f"now, then every ~{interval} days (their usual purchase interval)"

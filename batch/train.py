@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from batch.clv import CLV_INPUTS, ClvModel, clv_inputs, fit_clv
 from batch.compact import append_segments, compact_lake, reset_logs
 from batch.explore import CORRELATED, data_profile, profile_frame
 from batch.features import CLUSTER_FEATURES, with_customer_features
@@ -210,6 +211,7 @@ def run_train(
     sample = sample_customers(features, rows, settings.sample, settings.seed).cache()
     points = sample_points(sample, caps, settings.algorithm)
     sample_pdf = sample.select(*CORRELATED).toPandas()
+    clv = fit_lifetime_value(sample)
     if settings.k is not None:
         k, table = settings.k, []
         reference = score_candidate(
@@ -273,6 +275,7 @@ def run_train(
         seed=settings.seed,
         as_of=summary.as_of,
         trained_at=now,
+        clv=clv,
     )
     pipeline.write().overwrite().save(record.artifact_path)
 
@@ -318,6 +321,33 @@ def run_train(
         validated.unpersist()
     summary.model_version, summary.k, summary.silhouette = version, k, record.silhouette
     return summary
+
+
+def fit_lifetime_value(sample: DataFrame) -> ClvModel | None:
+    """BG/NBD and Gamma-Gamma fitted on the training sample; None (and a warning) when the fit fails, so
+    that segments are still trained and the CLV columns stay empty for this version."""
+    inputs = sample.select(*[column.alias(name) for name, column in clv_inputs().items()]).toPandas()
+    with step(f"fitting lifetime value (BG/NBD and Gamma-Gamma) on {len(inputs)} customers"):
+        try:
+            model = fit_clv(*(inputs[c].to_numpy() for c in CLV_INPUTS))
+        except (RuntimeError, ValueError) as exc:
+            log.warning("lifetime value not fitted (%s): p_alive and expected value stay empty for this model", exc)
+            return None
+    orders, spend = model.orders, model.spend
+    log.info(
+        "BG/NBD r=%.3g alpha=%.3g a=%.3g b=%.3g (mean dropout chance after an order %.2g%%); Gamma-Gamma "
+        "p=%.3g q=%.3g gamma=%.3g (population mean order value %.2f)",
+        orders.r,
+        orders.alpha,
+        orders.a,
+        orders.b,
+        100 * orders.a / (orders.a + orders.b),
+        spend.p,
+        spend.q,
+        spend.gamma,
+        spend.gamma * spend.p / (spend.q - 1) if spend.q > 1 else float("nan"),
+    )
+    return model
 
 
 def segments_before(spark: SparkSession, lake: LakeSettings) -> DataFrame | None:

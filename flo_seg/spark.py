@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
@@ -63,6 +64,12 @@ def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = N
         conf["spark.driver.memory"] = settings.driver_memory
     if settings.executor_memory:
         conf["spark.executor.memory"] = settings.executor_memory
+    master = submitted.get("spark.master") or settings.master or "local[*]"  # PySpark's own default
+    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # Python workers (the lifetime-value UDF) run this interpreter, whose environment has the product's
+        # packages, not the first `python3` on the PATH; PySpark reads the variable when the context starts.
+        # On a cluster the deployment names the executors' Python (docs/deploy.md).
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     jars = [] if "spark.jars" in submitted else local_jars(settings.jars_dir)
     if jars:
         conf["spark.jars"] = ",".join(jars)

@@ -64,6 +64,11 @@ CUSTOMER_SEGMENTS_SCHEMA = _schema(
     ("scored_at", _ts, False),
     # The state_seq of the state this row was scored on: (state_seq, model_version, as_of) orders rows.
     ("state_seq", _lng, True),
+    # Lifetime value and churn risk (batch/clv.py): BG/NBD P(alive), expected orders in the next 90 days,
+    # expected spend in the next 12 months (Gamma-Gamma spend per order). Null under a model without them.
+    ("p_alive", _dbl, True),
+    ("expected_orders_90d", _dbl, True),
+    ("expected_value_12m", _dbl, True),
 )
 
 # The exploratory analysis of the training data, one statistic per row (batch/explore.py).
@@ -100,6 +105,13 @@ SEGMENT_PROFILES_SCHEMA = _schema(
     ("action", _str, False),
     ("as_of", _date, False),
     ("profiled_at", _ts, False),
+    # Lifetime value and churn risk (batch/clv.py): mean P(alive), the share with P(alive) < 0.5, mean
+    # expected orders in 90 days, mean and total expected value in 12 months.
+    ("p_alive_mean", _dbl, True),
+    ("at_risk_share", _dbl, True),
+    ("expected_orders_90d_mean", _dbl, True),
+    ("expected_value_12m_mean", _dbl, True),
+    ("expected_value_12m_total", _dbl, True),
 )
 
 K_SELECTION_TYPE = T.ArrayType(
@@ -131,6 +143,8 @@ MODELS_SCHEMA = _schema(
     ("as_of", _date, False),
     ("trained_at", _ts, False),
     ("is_current", _bool, False),
+    # BG/NBD (r, alpha, a, b; days) and Gamma-Gamma (p, q, gamma) parameters the version scores CLV with.
+    ("clv_params", T.MapType(_str, _dbl), True),
 )
 
 QUARANTINE_SCHEMA = _schema(

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import SparkSession
 
 from batch.clv import (
+    CLV_COLUMNS,
     BgNbd,
+    ClvModel,
     GammaGamma,
     bgnbd_log_likelihood,
+    clv_scores,
     expected_orders,
     expected_spend,
     fit_bgnbd,
@@ -19,6 +24,7 @@ from batch.clv import (
     gamma_gamma_log_likelihood,
     p_alive,
     simulate_bgnbd,
+    with_clv,
 )
 
 TRUE_BGNBD = BgNbd(r=0.8, alpha=40.0, a=1.6, b=6.0)  # about FLO's scale: days, a few orders a year
@@ -120,3 +126,44 @@ def test_on_the_real_data_champions_are_likelier_alive_and_value_rises_with_past
     assert list(by_past_spend.index) == [1, 2, 3, 4, 5]
     assert by_past_spend.is_monotonic_increasing, by_past_spend.to_dict()
     assert frame["p_alive"].between(0, 1).all() and (frame["value_12m"] >= 0).all()
+
+
+FITTED = ClvModel(BgNbd(r=2.7, alpha=500.0, a=0.24, b=1300.0), GammaGamma(p=4.0, q=9.0, gamma=300.0))
+
+
+def test_the_parameters_round_trip_through_the_models_table_map() -> None:
+    assert ClvModel.from_map(FITTED.as_map()) == FITTED
+    assert ClvModel.from_map(None) is None and ClvModel.from_map({}) is None
+
+
+def test_spark_scores_every_customer_with_the_closed_forms(spark: SparkSession) -> None:
+    # Featurised customers (batch/features.py): total orders, first and last order, age and order value.
+    rows = [
+        ("a", 2, dt.date(2020, 1, 1), dt.date(2020, 3, 1), 500, 80.0),
+        ("b", 12, dt.date(2019, 1, 1), dt.date(2021, 5, 1), 880, 150.0),
+        ("c", 12, dt.date(2019, 1, 1), dt.date(2019, 3, 1), 880, 150.0),  # same orders, long silent since
+        ("d", 1, dt.date(2021, 5, 20), dt.date(2021, 5, 20), 12, 40.0),
+    ]
+    frame = spark.createDataFrame(
+        rows,
+        "master_id string, frequency long, first_order_date date, last_order_date date, tenure int, "
+        "avg_order_value double",
+    )
+    got = {r["master_id"]: r for r in with_clv(frame, FITTED).collect()}
+    orders = np.array([r[1] for r in rows], dtype=float)
+    t_x = np.array([(r[3] - r[2]).days for r in rows], dtype=float)
+    ages = np.array([r[4] for r in rows], dtype=float)
+    expected = clv_scores(FITTED, orders, t_x, ages, np.array([r[5] for r in rows]))
+    for i, (master_id, *_) in enumerate(rows):
+        for column in CLV_COLUMNS:
+            assert got[master_id][column] == pytest.approx(expected[column][i], rel=1e-9), (master_id, column)
+    assert got["b"]["p_alive"] > got["c"]["p_alive"]  # a long silence after many orders: likelier gone
+    assert got["d"]["p_alive"] == 1.0  # no repeat order yet: BG/NBD cannot have seen a dropout
+    assert got["b"]["expected_value_12m"] > got["a"]["expected_value_12m"] > 0
+    assert set(got["a"].asDict()) == {*frame.columns, *CLV_COLUMNS}
+
+
+def test_a_model_version_without_clv_scores_nulls(spark: SparkSession) -> None:
+    frame = spark.createDataFrame([("a", 2)], "master_id string, frequency long")
+    row = with_clv(frame, None).first()
+    assert row is not None and all(row[c] is None for c in CLV_COLUMNS)

@@ -77,6 +77,9 @@ def segment_row(master_id: str, segment: str, seq: int, model: str, as_of: dt.da
         "as_of": as_of,
         "scored_at": TS(2021, 6, 1),
         "state_seq": seq,
+        "p_alive": 0.99,
+        "expected_orders_90d": 0.5,
+        "expected_value_12m": 100.0 + seq,
     }
 
 

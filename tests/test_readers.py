@@ -22,7 +22,27 @@ SCORED = dt.datetime(2021, 5, 31, 12, 30)
 def test_spark_polars_and_delta_rs_read_the_same_rows(spark: SparkSession, tmp_path: Path) -> None:
     lake = LakeSettings(root=str(tmp_path / "lake"))
     rows = [
-        (f"c{i}", "champions", 0, "v1", i, 500, 4, 350.5 + i, 5, 4, 5, "champions", AS_OF, SCORED, 0) for i in range(8)
+        (
+            f"c{i}",
+            "champions",
+            0,
+            "v1",
+            i,
+            500,
+            4,
+            350.5 + i,
+            5,
+            4,
+            5,
+            "champions",
+            AS_OF,
+            SCORED,
+            0,
+            0.99,
+            0.5,
+            200.0 + i,
+        )
+        for i in range(8)
     ]
     overwrite_table(spark.createDataFrame(rows, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)
     path = lake.table(CUSTOMER_SEGMENTS)

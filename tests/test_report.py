@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from batch.generate import write_history_csv
 from batch.model import KCandidate
@@ -281,7 +282,7 @@ def test_rendered_report_is_self_contained_escaped_and_matches_the_markdown() ->
         "Quarantine by reason",
         "k selection",
     ]
-    assert len(sections) == 12
+    assert len(sections) == 13
     page = render_html(sections, "subtitle <&>")
     markdown = render_markdown(sections, "subtitle")
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
@@ -341,10 +342,25 @@ def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> 
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
     # k was forced, so every plot but the k-selection curve.
     assert [p.stem for p in plot_paths] == sorted(
-        ["channel_spend", "segment_sizes", "distributions", "projection", "channel_mix", "rfm_crosstab"]
+        [
+            "channel_spend",
+            "segment_sizes",
+            "distributions",
+            "projection",
+            "channel_mix",
+            "lifetime_value",
+            "rfm_crosstab",
+        ]
     )
     page = (out / "report.html").read_text(encoding="utf-8")
     markdown = (out / "report.md").read_text(encoding="utf-8")
+    # Lifetime value per segment: its expected values add up to the customers'.
+    total = spark.read.format("delta").load(lake.table("customer_segments")).agg(F.sum("expected_value_12m"))
+    assert "## 10. Lifetime value and churn risk" in markdown and "mean P(alive)" in markdown
+    value_section = markdown.split("## 10.")[1].split("## 11.")[0]
+    segment_totals = re.findall(r"\| ([\d,]+\.\d\d) \|\n", value_section)
+    assert len(segment_totals) == 3
+    assert sum(float(v.replace(",", "")) for v in segment_totals) == pytest.approx(total.collect()[0][0], abs=0.02)
 
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == len(plot_paths) == page.count(DATA_URI)

@@ -24,10 +24,12 @@ from batch.segments import (
     name_segments,
     recommend_action,
     segment_name,
+    segment_profiles,
 )
 from batch.train import run_train, state_from_history
 from batch.validate import validate_history
 from flo_seg.settings import LakeSettings, TrainSettings
+from schemas.history import CATEGORIES
 from schemas.tables import CUSTOMER_SEGMENTS
 
 
@@ -91,6 +93,53 @@ def test_actions_follow_the_profile() -> None:
     assert recommend_action(profile(), POP).channel.startswith("app push")
 
 
+def test_a_valuable_segment_many_of_whom_have_probably_left_is_won_back() -> None:
+    recent_and_valuable = profile(recency_median=20.0, monetary_median=900.0)
+    assert "early access" in recommend_action({**recent_and_valuable, "at_risk_share": 0.02}, POP).offer
+    many_gone = recommend_action({**recent_and_valuable, "at_risk_share": 0.25}, POP)
+    assert "win-back" in many_gone.offer and "25% of them have probably stopped buying" in many_gone.timing
+    # Low value: churn risk alone does not buy a personal offer.
+    cheap = recommend_action(profile(recency_median=20.0, monetary_median=100.0, at_risk_share=0.25), POP)
+    assert "win-back" not in cheap.offer
+    # A model version without CLV (None) keeps the actions it had.
+    assert "early access" in recommend_action({**recent_and_valuable, "at_risk_share": None}, POP).offer
+
+
+def test_profiles_carry_mean_lifetime_value_and_churn_risk(spark: SparkSession) -> None:
+    rows = [
+        ("a", "loyal", 0, 0.99, 1.0, 400.0),
+        ("b", "loyal", 0, 0.30, 0.2, 100.0),
+        ("c", "loyal", 0, 0.95, 0.6, 250.0),
+        ("d", "sleepy", 1, 0.45, 0.1, 20.0),
+    ]
+    scored = (
+        spark.createDataFrame(
+            rows,
+            "master_id string, segment string, cluster int, p_alive double, expected_orders_90d double, "
+            "expected_value_12m double",
+        )
+        .select(
+            "*",
+            *[F.lit(v).alias(c) for c, v in (("recency", 10), ("frequency", 2), ("monetary", 100.0), ("tenure", 300))],
+            F.lit("Offline").alias("last_order_channel"),
+            F.lit(0.5).alias("online_share"),
+            F.lit(50.0).alias("avg_order_value"),
+            F.lit("champions").alias("rfm_segment"),
+            F.lit(dt.date(2021, 6, 1)).alias("as_of"),
+            *[F.lit(0).alias(f"has_{c.lower()}") for c in CATEGORIES],
+        )
+        .withColumnRenamed("cluster", PREDICTION)
+    )
+    got = {r["segment"]: r for r in segment_profiles(scored).collect()}
+    loyal = got["loyal"]
+    assert loyal["p_alive_mean"] == pytest.approx((0.99 + 0.30 + 0.95) / 3)
+    assert loyal["at_risk_share"] == pytest.approx(1 / 3)
+    assert loyal["expected_orders_90d_mean"] == pytest.approx(0.6)
+    assert loyal["expected_value_12m_mean"] == pytest.approx(250.0)
+    assert loyal["expected_value_12m_total"] == pytest.approx(750.0)
+    assert got["sleepy"]["at_risk_share"] == 1.0
+
+
 def test_campaign_targets(spark: SparkSession) -> None:
     customers = spark.createDataFrame(
         [
@@ -134,8 +183,17 @@ def test_default_training_is_actionable_and_stable_across_seeds_on_the_real_data
         assert total == 19_945
         assert 4 <= summary.k <= 8 and len(summary.segments) == summary.k, summary.segments
         assert min(summary.segments.values()) / total >= 0.03 * 0.9, summary.segments  # sample vs all: a margin
-        rows = read_table(spark, lake, CUSTOMER_SEGMENTS).select("master_id", "segment").collect()
+        segments = read_table(spark, lake, CUSTOMER_SEGMENTS)
+        rows = segments.select("master_id", "segment").collect()
         named.append({r["master_id"]: r["segment"] for r in rows})
+        # Lifetime value on the real data: champions are likelier alive than hibernating customers (by
+        # little: the FLO snapshot holds customers who ordered within about a year, tests/test_clv.py),
+        # and the expected 12-month value rises with the RFM monetary score.
+        alive = {r[0]: r[1] for r in segments.groupBy("rfm_segment").agg(F.avg("p_alive")).collect()}
+        assert alive["champions"] > alive["hibernating"], alive
+        value = segments.groupBy("m_score").agg(F.avg("expected_value_12m").alias("v")).orderBy("m_score")
+        by_score = [r["v"] for r in value.collect()]
+        assert len(by_score) == 5 and by_score == sorted(by_score), by_score
     assert ks[0] == ks[1]
     same = sum(named[0][m] == named[1][m] for m in named[0])
     assert same / len(named[0]) >= 0.95, f"only {same / len(named[0]):.1%} of customers kept their segment name"

@@ -10,11 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from batch.clv import CLV_COLUMNS, ClvModel, clv_scores
 from batch.generate import write_history_csv
 from batch.lake import read_table
 from batch.migrations import RETRAIN_BATCH_ID
@@ -104,7 +107,26 @@ def test_segments_models_profiles_and_campaigns(spark: SparkSession, lake: LakeS
     assert tuple(bounds) == (1, 1, 1, 5, 5, 5)  # type: ignore[arg-type]
     assert segments.where(F.col("model_version") != model["model_version"]).count() == 0
 
+    # Lifetime value: the stored parameters score every customer with the closed forms.
+    clv = ClvModel.from_map(model["clv_params"])
+    assert clv is not None and set(model["clv_params"]) == {"r", "alpha", "a", "b", "p", "q", "gamma"}
+    scored = segments.select("master_id", "frequency", "tenure", "monetary", *CLV_COLUMNS).toPandas()
+    state = read_table(spark, lake, "customer_state").toPandas().set_index("master_id")
+    scored = scored.join(state[["first_order_date", "last_order_date"]], on="master_id")
+    t_x = (pd.to_datetime(scored["last_order_date"]) - pd.to_datetime(scored["first_order_date"])).dt.days
+    expected = clv_scores(
+        clv,
+        scored["frequency"].to_numpy(float),
+        t_x.to_numpy(float),
+        scored["tenure"].to_numpy(float),
+        (scored["monetary"] / scored["frequency"]).to_numpy(float),
+    )
+    for column in CLV_COLUMNS:
+        assert np.allclose(scored[column].to_numpy(float), expected[column], rtol=1e-9), column
+    assert scored["p_alive"].between(0, 1).all() and (scored["expected_value_12m"] > 0).all()
+
     profiles = read_table(spark, lake, "segment_profiles").collect()
+    assert sum(p["expected_value_12m_total"] for p in profiles) == pytest.approx(scored["expected_value_12m"].sum())
     assert sum(p["customers"] for p in profiles) == CUSTOMERS
     assert sum(p["share"] for p in profiles) == pytest.approx(1.0)
     for p in profiles:
