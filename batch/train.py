@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from batch.audiences import CLASSIC_AUDIENCES, rebuild_members
 from batch.clv import CLV_INPUTS, ClvModel, clv_inputs, fit_clv
 from batch.compact import append_segments, compact_lake, reset_logs
 from batch.explore import CORRELATED, data_profile, profile_frame
@@ -45,6 +46,7 @@ from batch.validate import DETAIL, REASON, ROW_ORDER, raw_record, validate_histo
 from flo_seg.progress import progress
 from flo_seg.settings import LakeSettings, TrainSettings
 from schemas.tables import (
+    AUDIENCE_MEMBERS,
     CAMPAIGN_TARGETS,
     CUSTOMER_SEGMENTS,
     CUSTOMER_STATE,
@@ -173,11 +175,12 @@ def run_train(
     history_path: str | None,
     as_of: dt.date | None = None,
     replace_state: bool = False,
+    audiences: Mapping[str, str] = CLASSIC_AUDIENCES,
 ) -> TrainSummary:
     """Train a new model version, publish it, and rewrite segments, profiles and campaign lists.
 
     From a history CSV, customer_state is rebuilt from it: refused when the stream has added to it,
-    unless `replace_state`.
+    unless `replace_state`. `audiences` (name: predicate) decide audience_members.
     """
     summary = TrainSummary()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -294,6 +297,7 @@ def run_train(
         writes: dict[str, Callable[[], object]] = {
             SEGMENT_PROFILES: lambda: write_profiles(spark, lake, scored, version),
             CAMPAIGN_TARGETS: lambda: write_campaigns(lake, scored),
+            AUDIENCE_MEMBERS: lambda: rebuild_members(spark, lake, scored, audiences, now),
             DATA_PROFILE: lambda: overwrite_table(
                 profile_frame(spark, data_profile(checked, features, sample_pdf, caps), version),
                 lake,

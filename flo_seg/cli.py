@@ -274,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     migrations.add_argument(
         "--engine", choices=("native", "spark"), default="native", help="as for query (default native, no JVM)"
     )
+    audience = command(
+        "audience",
+        help="list the audiences or export one's current members as CSV",
+        description="Audiences are the two classic campaign lists and the [audiences] of the settings file "
+        "(name = SQL predicate over customer_segments). train rebuilds their members, the stream keeps them "
+        "current and records every join and leave in audience_changes.",
+    )
+    audience_sub = audience.add_subparsers(dest="audience_command", required=True, metavar="ACTION")
+    audience_sub.add_parser("list", parents=[lake], help="each audience, its predicate and its members now")
+    export = audience_sub.add_parser(
+        "export", parents=[lake], help="the current members of one audience as CSV (no JVM)"
+    )
+    export.add_argument("name", help="the audience")
+    export.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
     maintain = command(
         "maintain",
         help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
@@ -312,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batch interval (0: the next batch starts as soon as the last one ended)",
     )
     stream.add_argument("--available-now", action="store_true", help="process what the topic holds, then stop")
+    stream.add_argument(
+        "--no-audiences",
+        action="store_true",
+        help="do not run the audience follower that keeps audience_members current (default: it runs)",
+    )
     _setting(stream, "--max-offsets-per-trigger", key="stream.max_offsets_per_trigger", help="events per batch at most")
     _setting(
         stream, "--starting-offsets", key="stream.starting_offsets", help="earliest | latest | JSON, first start only"
@@ -455,6 +474,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Train, publish and segment; print the run summary."""
+    from batch.audiences import audience_definitions, check_audiences
     from batch.segments import ARCHETYPES
     from batch.train import run_train
     from flo_seg.progress import spark_progress
@@ -470,8 +490,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"flo-seg train: --k-max must be at most {len(ARCHETYPES)}, got {chosen.k_max}")
     spark = build_session(_spark(settings, "train"))
     with spark_progress(spark, "train"):
+        audiences = audience_definitions(settings.audiences)
+        check_audiences(spark, audiences)
         summary = run_train(
-            spark, lake, chosen, history_path=args.history, as_of=args.as_of, replace_state=args.replace_state
+            spark,
+            lake,
+            chosen,
+            history_path=args.history,
+            as_of=args.as_of,
+            replace_state=args.replace_state,
+            audiences=audiences,
         )
     if args.history:
         print(
@@ -537,6 +565,23 @@ def cmd_migrations(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
+    """List the audiences, or export one's members."""
+    from batch.audiences import audience_definitions, audience_sizes, export_audience
+
+    lake = _lake(settings)
+    definitions = audience_definitions(settings.audiences)
+    if args.audience_command == "export":
+        members = export_audience(lake, args.name, definitions, args.out)
+        where = f"to {args.out}" if args.out else "above"
+        print(f"{members} members of {args.name} {where}", file=sys.stderr)
+        return 0
+    sizes = audience_sizes(lake)
+    for name, predicate in definitions.items():
+        print(f"{name:<28} {sizes.get(name, 0):>9}  {predicate}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Print a SQL result."""
     if args.engine == "native":
@@ -575,7 +620,9 @@ def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Run the streaming job."""
+    from batch.audiences import audience_definitions, check_audiences
     from flo_seg.spark import build_session
+    from streaming.audiences import AudienceSettings
     from streaming.job import StreamSettings
     from streaming.run import default_checkpoint, run_stream
 
@@ -594,7 +641,22 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     # A compaction child inherits the FLO_* variables; a --config file it is given as this process was.
     config = getattr(args, "config", None)
     child_flags = ("--config", str(Path(config).resolve())) if config else ()
-    return run_stream(spark, lake, stream_settings, duration_s=args.duration, child_flags=child_flags)
+    audiences = None
+    if not args.no_audiences:
+        definitions = audience_definitions(settings.audiences)
+        check_audiences(spark, definitions)
+        audiences = AudienceSettings(
+            audiences=definitions,
+            checkpoint=f"{stream_settings.checkpoint.rstrip('/')}-audiences",
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            topic=settings.kafka.audience_changes_topic or None,
+            kafka_options=stream_settings.kafka_options,
+            available_now=args.available_now,
+            trigger_seconds=options.trigger_seconds,
+        )
+    return run_stream(
+        spark, lake, stream_settings, duration_s=args.duration, child_flags=child_flags, audiences=audiences
+    )
 
 
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
@@ -698,6 +760,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "report": cmd_report,
     "query": cmd_query,
     "migrations": cmd_migrations,
+    "audience": cmd_audience,
     "maintain": cmd_maintain,
     "stream": cmd_stream,
     "compact": cmd_compact,

@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 ORDERS_TOPIC = "flo.orders"
 SEGMENT_CHANGES_TOPIC = "flo.segment-changes"
+AUDIENCE_CHANGES_TOPIC = "flo.audience-changes"
 DEFAULT_DEDUPE_WINDOW = "24 hours"
 
 ENV_PREFIX = "FLO_"
@@ -126,6 +127,8 @@ class KafkaSettings:
     orders_topic: str = ORDERS_TOPIC
     # '' : the stream does not publish its segment changes.
     changes_topic: str = SEGMENT_CHANGES_TOPIC
+    # '' : the stream does not publish who joins or leaves an audience.
+    audience_changes_topic: str = AUDIENCE_CHANGES_TOPIC
     # Kafka client settings by their own names (security.protocol, sasl.mechanism, ...).
     options: dict[str, str] = Field(default_factory=dict)
     # A properties file of client settings, read when the client starts (keeps secrets out of flags);
@@ -214,6 +217,9 @@ class Settings(BaseModel):
     train: TrainSettings = TrainSettings()
     stream: StreamOptions = StreamOptions()
     produce: ProduceOptions = ProduceOptions()
+    # Audiences besides the two built-in campaign lists: name = SQL predicate over customer_segments'
+    # columns (`[audiences]` in the file; batch/audiences.py).
+    audiences: dict[str, str] = Field(default_factory=dict)
 
     def lake_settings(self) -> LakeSettings:
         """The lake; a local path is made absolute so executors and driver agree on it."""
@@ -240,7 +246,7 @@ def leaves(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _is_mapping_setting(key: str) -> bool:
-    return key == "kafka.options"
+    return key in ("kafka.options", "audiences")
 
 
 @plain_dataclass(frozen=True)

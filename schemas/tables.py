@@ -18,6 +18,8 @@ STATE_LOG = "state_log"
 SEGMENT_LOG = "segment_log"
 COMPACTIONS = "compactions"
 DATA_PROFILE = "data_profile"
+AUDIENCE_MEMBERS = "audience_members"
+AUDIENCE_CHANGES = "audience_changes"
 
 _str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
 _date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
@@ -69,6 +71,8 @@ CUSTOMER_SEGMENTS_SCHEMA = _schema(
     ("p_alive", _dbl, True),
     ("expected_orders_90d", _dbl, True),
     ("expected_value_12m", _dbl, True),
+    # From customer_state: audiences (batch/audiences.py) are predicates over this table alone.
+    ("interested_in_categories_12", T.ArrayType(_str), True),
 )
 
 # The exploratory analysis of the training data, one statistic per row (batch/explore.py).
@@ -179,6 +183,26 @@ SEGMENT_CHANGES_SCHEMA = _schema(
     ("batch_id", _lng, False),
 )
 
+# Who is in each audience now (batch/audiences.py): rebuilt by train, kept current by the stream's
+# audience follower (streaming/audiences.py).
+AUDIENCE_MEMBERS_SCHEMA = _schema(
+    ("audience", _str, False),
+    ("master_id", _str, False),
+    ("segment", _str, True),
+    ("joined_at", _ts, False),
+)
+
+# Every join and leave; batch_id -1 for a retrain's.
+AUDIENCE_CHANGES_SCHEMA = _schema(
+    ("change_id", _str, False),
+    ("audience", _str, False),
+    ("master_id", _str, False),
+    ("change", _str, False),  # joined | left
+    ("segment", _str, True),
+    ("changed_at", _ts, False),
+    ("batch_id", _lng, False),
+)
+
 # The stream's event-time clock: one row, never moving backwards.
 STREAM_CLOCK_SCHEMA = _schema(
     ("clock_ts", _ts, False),
@@ -219,6 +243,8 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     SEGMENT_LOG: SEGMENT_LOG_SCHEMA,
     COMPACTIONS: COMPACTIONS_SCHEMA,
     DATA_PROFILE: DATA_PROFILE_SCHEMA,
+    AUDIENCE_MEMBERS: AUDIENCE_MEMBERS_SCHEMA,
+    AUDIENCE_CHANGES: AUDIENCE_CHANGES_SCHEMA,
 }
 
 
@@ -244,6 +270,8 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     STATE_LOG: _LOG,
     SEGMENT_LOG: _LOG,
     SEGMENT_CHANGES: _PER_BATCH,
+    AUDIENCE_CHANGES: _PER_BATCH,
+    AUDIENCE_MEMBERS: _READER_FRIENDLY,
 }
 
 

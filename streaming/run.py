@@ -19,6 +19,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from batch.compact import Compactor, compact_lake
 from flo_seg.settings import LakeSettings
+from streaming.audiences import AudienceSettings, start_audiences
 from streaming.job import BatchLogger, StreamSettings, start_stream
 from streaming.lease import checkpoint_lease
 
@@ -139,10 +140,12 @@ def run_stream(
     *,
     duration_s: float | None = None,
     child_flags: Sequence[str] = (),
+    audiences: AudienceSettings | None = None,
 ) -> int:
     """Run until stopped (signal), finished (available-now) or `duration_s` elapsed; returns an exit code.
 
-    `child_flags` go to a compaction child process before its command (e.g. `--config FILE`)."""
+    `child_flags` go to a compaction child process before its command (e.g. `--config FILE`). With
+    `audiences`, the audience follower runs beside the query (after it, for an available-now run)."""
     stopping = {"signal": False}
     lost: list[str] = []
 
@@ -157,6 +160,9 @@ def run_stream(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
         query = start_stream(spark, lake, settings, BatchLogger())
+        follower = None
+        if audiences is not None and not audiences.available_now:
+            follower = start_audiences(spark, lake, audiences)
         compactor = start_compaction(spark, lake, settings, child_flags)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
@@ -164,17 +170,27 @@ def run_stream(
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("duration reached: stopping the stream")
                     break
+                if follower is not None and not follower.isActive:
+                    log.error("the audience follower stopped: stopping the stream")
+                    break
                 query.awaitTermination(timeout=1)
                 if not stopping["signal"]:  # a Ctrl-C reaches the child too, which then ends first
                     compactor = keep_compacting(compactor, spark, lake, settings.compact_seconds)
+            if audiences is not None and audiences.available_now and query.exception() is None and not lost:
+                # Everything the query appended to segment_log, then done.
+                follower = start_audiences(spark, lake, audiences)
+                follower.awaitTermination()
         finally:
             stop_between_batches(query)
+            if follower is not None:
+                stop_between_batches(follower)
             if compactor is not None:
                 compactor.stop(final=not lost)
-    error = query.exception()
-    if error is not None:
-        log.error("stream failed: %s", error)
-        return 1
+    for name, finished in (("stream", query), ("audience follower", follower)):
+        error = None if finished is None else finished.exception()
+        if error is not None:
+            log.error("%s failed: %s", name, error)
+            return 1
     if lost:
         log.error("stream stopped: %s", lost[0])
         return 1

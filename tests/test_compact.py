@@ -80,6 +80,7 @@ def segment_row(master_id: str, segment: str, seq: int, model: str, as_of: dt.da
         "p_alive": 0.99,
         "expected_orders_90d": 0.5,
         "expected_value_12m": 100.0 + seq,
+        "interested_in_categories_12": ["KADIN"],
     }
 
 

@@ -38,9 +38,49 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> LakeS
         ("c3", "Offline", "Offline", jan, jan, None, jan, 0, 2, 120.0, 0.0, None, None, UPDATED, 0),
     ]
     segments = [
-        ("c1", "champions", 0, "v1", 30, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED, 0, 0.999, 0.8, 420.0),
-        ("c2", "at_risk", 1, "v1", 119, 700, 1, 80.0, 2, 1, 2, "at_Risk", AS_OF, UPDATED, 0, 0.4, 0.1, 30.0),
-        ("c3", "champions", 0, "v1", 150, 150, 2, 120.0, 1, 2, 3, "need_attention", AS_OF, UPDATED, 0, 0.9, 0.3, 90.0),
+        (
+            "c1",
+            "champions",
+            0,
+            "v1",
+            30,
+            500,
+            4,
+            350.5,
+            5,
+            4,
+            5,
+            "champions",
+            AS_OF,
+            UPDATED,
+            0,
+            0.999,
+            0.8,
+            420.0,
+            ["KADIN"],
+        ),
+        ("c2", "at_risk", 1, "v1", 119, 700, 1, 80.0, 2, 1, 2, "at_Risk", AS_OF, UPDATED, 0, 0.4, 0.1, 30.0, ["KADIN"]),
+        (
+            "c3",
+            "champions",
+            0,
+            "v1",
+            150,
+            150,
+            2,
+            120.0,
+            1,
+            2,
+            3,
+            "need_attention",
+            AS_OF,
+            UPDATED,
+            0,
+            0.9,
+            0.3,
+            90.0,
+            ["KADIN"],
+        ),
     ]
     overwrite_table(spark.createDataFrame(state, CUSTOMER_STATE_SCHEMA), lake, CUSTOMER_STATE)
     overwrite_table(spark.createDataFrame(segments, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)
@@ -442,7 +482,27 @@ def test_native_errors_are_one_line(lake: LakeSettings, sql: str, error: str) ->
 def test_the_native_engine_reads_deletion_vectors(spark: SparkSession, tmp_path: Path) -> None:
     lake = LakeSettings(root=str(tmp_path / "lake"))
     rows = [
-        (f"c{i}", "champions", 0, "v1", i, 500, 4, 350.5, 5, 4, 5, "champions", AS_OF, UPDATED, 0, 0.99, 0.5, 200.0)
+        (
+            f"c{i}",
+            "champions",
+            0,
+            "v1",
+            i,
+            500,
+            4,
+            350.5,
+            5,
+            4,
+            5,
+            "champions",
+            AS_OF,
+            UPDATED,
+            0,
+            0.99,
+            0.5,
+            200.0,
+            ["KADIN"],
+        )
         for i in range(6)
     ]
     overwrite_table(spark.createDataFrame(rows, CUSTOMER_SEGMENTS_SCHEMA), lake, CUSTOMER_SEGMENTS)

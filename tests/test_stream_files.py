@@ -155,6 +155,15 @@ def test_segments_are_the_current_model_applied_to_the_state(
     rescored = segments.join(ordered, "master_id", "left_semi")
     assert rescored.count() == ordered.count()
     columns = ["master_id", "segment", "recency", "frequency", "r_score", "f_score", "m_score", "rfm_segment"]
+    columns += ["p_alive", "expected_orders_90d", "expected_value_12m"]  # with the version's CLV parameters
+    assert model.record.clv is not None
+    assert rescored.where(F.col("p_alive").isNull() | F.col("expected_value_12m").isNull()).count() == 0
+    # An order changes a customer's expected value (one more order, a later last order): the stream updated it.
+    trained_value = read_table(spark, trained, "customer_segments").select(
+        "master_id", F.col("expected_value_12m").alias("trained_value")
+    )
+    compared = rescored.join(trained_value, "master_id")
+    assert compared.where(F.col("expected_value_12m") != F.col("trained_value")).count() == compared.count()
     for (as_of,) in rescored.select("as_of").distinct().collect():
         scored_then = rescored.where(F.col("as_of") == as_of)
         want = score_customers(
