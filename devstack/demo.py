@@ -282,6 +282,24 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     run(flo_seg(settings, "migrations"))  # who moved where during the run
+    run(
+        flo_seg(
+            settings,
+            "query",
+            "SELECT audience, change, count(*) AS customers FROM audience_changes WHERE batch_id >= 0 "
+            "GROUP BY audience, change ORDER BY audience, change",
+        )
+    )  # who joined or left an audience during the run
+    run(flo_seg(settings, "audience", "list"))
+    run(
+        flo_seg(
+            settings,
+            "query",
+            "SELECT segment, round(avg(p_alive), 4) AS p_alive, round(avg(expected_orders_90d), 2) AS orders_90d, "
+            "round(avg(expected_value_12m)) AS value_12m FROM customer_segments "
+            "GROUP BY segment ORDER BY value_12m DESC",
+        )
+    )
     run(flo_seg(settings, "report", "--out", str(settings.workdir / "report")))
     print(
         f"\ndemo finished in {time.monotonic() - started:.0f}s. Report: {settings.workdir / 'report' / 'report.html'}"
