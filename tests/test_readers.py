@@ -41,6 +41,7 @@ def test_spark_polars_and_delta_rs_read_the_same_rows(spark: SparkSession, tmp_p
             0.99,
             0.5,
             200.0 + i,
+            ["KADIN"],
         )
         for i in range(8)
     ]
@@ -79,4 +80,7 @@ def test_spark_polars_and_delta_rs_read_the_same_rows(spark: SparkSession, tmp_p
     assert as_spark_rows(DeltaTable(path).to_pandas()) == expected
     assert as_spark_rows(pl.read_delta(path).to_pandas()) == expected
     table = pa.table(QueryBuilder().register("t", DeltaTable(path)).execute("SELECT * FROM t"))
-    assert as_spark_rows(table.to_pandas()) == expected
+    # DataFusion hands text inside lists over as Arrow string_view, which pyarrow's to_pandas() cannot
+    # convert yet (README): its rows as Python values.
+    assert as_spark_rows(pd.DataFrame(table.to_pylist())) == expected
+    assert {tuple(c) for c in table.column("interested_in_categories_12").to_pylist()} == {("KADIN",)}
