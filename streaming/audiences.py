@@ -14,9 +14,8 @@ row it comes from by about one of its micro-batches (docs/benchmarks.md).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -28,6 +27,7 @@ from batch.compact import SEGMENTS, newest_per_customer
 from batch.lake import append_table, ensure_table, read_table
 from flo_seg.settings import LakeSettings
 from schemas.tables import AUDIENCE_CHANGES, AUDIENCE_MEMBERS, SEGMENT_LOG
+from streaming.sinks import BatchHandler, publish_json, start_foreach_batch
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,6 @@ class AudienceSettings:
     kafka_options: Mapping[str, str] | None = None
     available_now: bool = False
     trigger_seconds: float = 0.0
-
-
-def publish_audience_changes(changes: DataFrame, settings: AudienceSettings) -> None:
-    """Joins and leaves as JSON keyed by master_id."""
-    if settings.topic is None:
-        return
-    payload = changes.select(
-        F.col("master_id").alias("key"), F.to_json(F.struct(*[F.col(c) for c in changes.columns])).alias("value")
-    )
-    writer = payload.write.format("kafka").option("kafka.bootstrap.servers", settings.bootstrap_servers)
-    for key, value in (settings.kafka_options or {}).items():
-        writer = writer.option(key, value)
-    writer.option("topic", settings.topic).save()
 
 
 def follow_batch(rows: DataFrame, batch_id: int, *, lake: LakeSettings, settings: AudienceSettings, app_id: str) -> int:
@@ -80,7 +67,13 @@ def follow_batch(rows: DataFrame, batch_id: int, *, lake: LakeSettings, settings
         if count:
             # The record first, once per batch; then Kafka; then the members, which a replay finds applied.
             append_table(changes, lake, AUDIENCE_CHANGES, txn=(f"{app_id}:audience_changes", batch_id))
-            publish_audience_changes(changes, settings)
+            if settings.topic is not None:
+                publish_json(
+                    changes,
+                    topic=settings.topic,
+                    bootstrap_servers=settings.bootstrap_servers,
+                    kafka_options=settings.kafka_options or {},
+                )
             merge_members(spark, lake, changes)
         changes.unpersist()
         log.info(
@@ -100,27 +93,22 @@ def start_audiences(spark: SparkSession, lake: LakeSettings, settings: AudienceS
     for name in (AUDIENCE_MEMBERS, AUDIENCE_CHANGES, SEGMENT_LOG):
         ensure_table(spark, lake, name)
     source = spark.readStream.format("delta").option("readChangeFeed", "true").load(lake.table(SEGMENT_LOG))
-    started = threading.Event()
-    holder: dict[str, str] = {}
 
-    def handle(rows: DataFrame, batch_id: int) -> None:
-        started.wait(timeout=60)
-        follow_batch(rows, batch_id, lake=lake, settings=settings, app_id=holder["id"])
+    def make_handler(app_id: Callable[[], str]) -> BatchHandler:
+        # The query id names the follower's transactions; it is the checkpoint's, stable across restarts.
+        def handle(rows: DataFrame, batch_id: int) -> None:
+            follow_batch(rows, batch_id, lake=lake, settings=settings, app_id=app_id())
 
-    writer = (
-        source.writeStream.queryName(settings.query_name)
-        .option("checkpointLocation", settings.checkpoint)
-        .foreachBatch(handle)
+        return handle
+
+    query = start_foreach_batch(
+        source,
+        make_handler,
+        name=settings.query_name,
+        checkpoint=settings.checkpoint,
+        available_now=settings.available_now,
+        trigger_seconds=settings.trigger_seconds,
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if settings.available_now
-        else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
-    )
-    # The query id names the follower's transactions; it is the checkpoint's, stable across restarts.
-    query = writer.start()
-    holder["id"] = str(query.id)
-    started.set()
     log.info(
         "audience follower %s started: %d audiences, checkpoint %s",
         settings.query_name,

@@ -79,6 +79,7 @@ from streaming.customer_state import (
 )
 from streaming.events import drop_duplicate_events, parse_order_events
 from streaming.lease import LeaseFile
+from streaming.sinks import publish_json, start_foreach_batch
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +198,12 @@ def publish_changes(changes: DataFrame, settings: StreamSettings) -> None:
     """Segment changes as JSON keyed by master_id (at least once; change_id is the dedupe key)."""
     if settings.changes_topic is None:
         return
-    payload = changes.select(
-        F.col("master_id").alias("key"),
-        F.to_json(F.struct(*[F.col(c) for c in changes.columns])).alias("value"),
+    publish_json(
+        changes,
+        topic=settings.changes_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        kafka_options=settings.kafka_options,
     )
-    writer = payload.write.format("kafka").option("kafka.bootstrap.servers", settings.bootstrap_servers)
-    for key, value in settings.kafka_options.items():
-        writer = writer.option(key, value)
-    writer.option("topic", settings.changes_topic).save()
 
 
 class ModelCache:
@@ -778,29 +777,15 @@ def start_stream(
     )
     listener = listener or BatchLogger()
     spark.streams.addListener(listener)
-    query_id = threading.Event()
-    holder: dict[str, str] = {}
-
-    def app_id() -> str:
-        query_id.wait(timeout=60)
-        return holder["id"]
-
-    handler = make_batch_handler(lake, settings, app_id, listener.record)
-    writer = (
-        state_updates(spark, lake, settings, source)
-        .writeStream.queryName(settings.query_name)
-        .option("checkpointLocation", settings.checkpoint)
-        .outputMode("update")
-        .foreachBatch(handler)
+    query = start_foreach_batch(
+        state_updates(spark, lake, settings, source),
+        lambda app_id: make_batch_handler(lake, settings, app_id, listener.record),
+        name=settings.query_name,
+        checkpoint=settings.checkpoint,
+        available_now=settings.available_now,
+        trigger_seconds=settings.trigger_seconds,
+        output_mode="update",
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if settings.available_now
-        else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
-    )
-    query = writer.start()
-    holder["id"] = str(query.id)
-    query_id.set()
     log.info(
         "stream %s started: topic %s at %s, checkpoint %s, lake %s",
         settings.query_name,
