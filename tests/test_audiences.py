@@ -100,8 +100,10 @@ def test_joins_and_leaves_between_two_memberships(spark: SparkSession) -> None:
 
 @pytest.mark.slow
 def test_an_order_that_makes_a_customer_a_champion_interested_in_kadin_joins_the_womens_brand_audience(
-    spark: SparkSession, trained_lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession, trained_lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str
 ) -> None:
+    from kafka import KafkaConsumer
+    from streaming_support import fresh_topics
     from test_stream_files import run_stream, write_records
 
     shutil.copytree(trained_lake, tmp_path / "lake")
@@ -139,8 +141,13 @@ def test_an_order_that_makes_a_customer_a_champion_interested_in_kadin_joins_the
     now = read_table(spark, lake, "customer_segments").where(F.col("master_id").isin(chosen)).collect()
     assert {r["rfm_segment"] for r in now} == {"champions"}, [(r["master_id"], r["rfm_segment"]) for r in now]
 
+    topic = fresh_topics(kafka_bootstrap)[1]
     settings = AudienceSettings(
-        audiences=CLASSIC_AUDIENCES, checkpoint=str(tmp_path / "checkpoint-audiences"), available_now=True
+        audiences=CLASSIC_AUDIENCES,
+        checkpoint=str(tmp_path / "checkpoint-audiences"),
+        available_now=True,
+        bootstrap_servers=kafka_bootstrap,
+        topic=topic,
     )
     follower = start_audiences(spark, lake, settings)
     follower.awaitTermination(timeout=300)
@@ -151,6 +158,14 @@ def test_an_order_that_makes_a_customer_a_champion_interested_in_kadin_joins_the
     assert {(audience, m) for m in chosen} <= joined
     # Nobody else's newest row changed audiences: each change is one of theirs.
     assert {r["master_id"] for r in changes} <= set(chosen)
+    # The same rows on Kafka, keyed by master_id.
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000, group_id=None
+    )
+    published = [(m.key.decode(), json.loads(m.value)) for m in consumer]
+    consumer.close()
+    assert sorted(p["change_id"] for _, p in published) == sorted(r["change_id"] for r in changes)
+    assert all(key == p["master_id"] for key, p in published)
     after = read_table(spark, lake, "audience_members").where(F.col("audience") == audience)
     assert {r["master_id"] for r in after.collect()} == before | set(chosen)
 
