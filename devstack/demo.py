@@ -290,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
             "GROUP BY audience, change ORDER BY audience, change",
         )
     )  # who joined or left an audience during the run
+    run(
+        flo_seg(
+            settings,
+            "query",
+            # How long after the segment row it follows (the stream's scored_at) each change was recorded.
+            "SELECT count(*) AS audience_changes, round(approx_percentile_cont(delay, 0.5), 1) AS median_s, "
+            "round(approx_percentile_cont(delay, 0.95), 1) AS p95_s, round(max(delay), 1) AS max_s FROM ("
+            "SELECT a.change_id, extract(epoch FROM a.changed_at) - extract(epoch FROM max(s.scored_at)) AS delay "
+            "FROM audience_changes a JOIN segment_log s ON s.master_id = a.master_id AND s.scored_at <= a.changed_at "
+            "WHERE a.batch_id >= 0 GROUP BY a.change_id, a.changed_at)",
+        )
+    )
     run(flo_seg(settings, "audience", "list"))
     run(
         flo_seg(
