@@ -75,6 +75,13 @@ docker-tools:
 	  echo "installing Debian's docker-compose (for the static compose check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
 
+# Debian's Chromium renders the dashboard headless in the tests (tests/test_dashboard.py).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (headless, for the dashboard test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 # Two tiers. `make test` (what CI runs): every unit, parity and end-to-end test, the whole stream over
 # files (tests/test_stream_files.py) and the tests that need Kafka itself (the broker, produce, one stream
 # run over the broker that publishes its changes, hostile events, aging, a re-score while streaming).
@@ -92,7 +99,7 @@ define run_tests
 	if [ "$(2)" = 1 ] && ! $(BIN)/python -m devstack.cluster status >/dev/null 2>&1; then \
 	  $(BIN)/python -m devstack.cluster up || { [ $$kafka = 1 ] && $(BIN)/python -m devstack.stack down; exit 1; }; cluster=1; \
 	fi; \
-	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_CLUSTER=$(2) FLO_REQUIRE_DOCKER_TOOLS=1 \
+	FLO_REQUIRE_KAFKA=1 FLO_REQUIRE_CLUSTER=$(2) FLO_REQUIRE_DOCKER_TOOLS=1 FLO_REQUIRE_BROWSER=1 \
 	  $(BIN)/pytest -m "$(1)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$cluster = 1 ]; then $(BIN)/python -m devstack.cluster down; fi; \
 	if [ $$kafka = 1 ]; then $(BIN)/python -m devstack.stack down; fi; \
@@ -100,7 +107,7 @@ define run_tests
 endef
 
 .PHONY: test
-test: setup docker-tools ## Run the tests CI runs (all but the integration suite); starts the Kafka broker they need, stops it after
+test: setup docker-tools browser ## Run the tests CI runs (all but the integration suite); starts the Kafka broker they need, stops it after
 	$(call run_tests,not integration,0)
 
 .PHONY: test-integration
@@ -108,11 +115,18 @@ test-integration: setup ## Run the integration suite (kill -9 crashes, hot reloa
 	$(call run_tests,integration,1)
 
 .PHONY: test-all
-test-all: setup docker-tools ## Run both tiers in one pytest run
+test-all: setup docker-tools browser ## Run both tiers in one pytest run
 	$(call run_tests,,1)
 
 # ---------------------------------------------------------------- product
 DEMO_ARGS ?=
+
+DASHBOARD_LAKE ?= $(CURDIR)/demo/lake
+DASHBOARD_ARGS ?=
+
+.PHONY: dashboard
+dashboard: setup ## The live dashboard over the demo's lake (DASHBOARD_LAKE=PATH for another) on http://127.0.0.1:8050/
+	$(BIN)/flo-seg --lake $(DASHBOARD_LAKE) dashboard $(DASHBOARD_ARGS)
 
 .PHONY: demo
 demo: setup stack-up ## The whole product on built-in data: generate, train, stream + produce for a minute, report

@@ -288,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("name", help="the audience")
     export.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
+    dashboard = command(
+        "dashboard",
+        help="serve a live web page over the lake for the marketing team (no JVM)",
+        description="Segment sizes now and over time, changes per minute, the migration matrix, profiles and "
+        "actions, lifetime value and churn risk, the latest changes, quarantine counts and the current model, "
+        "read through delta-rs and read again every --refresh-seconds. Listens on 127.0.0.1 unless told "
+        "otherwise: put it behind a proxy with authentication before opening it wider (README).",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_positive_int, default=8050, help="port (default 8050)")
+    dashboard.add_argument(
+        "--refresh-seconds", type=_positive_float, default=5.0, help="how often the page reads the lake (default 5)"
+    )
     maintain = command(
         "maintain",
         help="OPTIMIZE and VACUUM the tables the stream writes (run it regularly, e.g. daily)",
@@ -582,6 +595,14 @@ def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the dashboard until interrupted."""
+    from flo_seg.dashboard import serve
+
+    serve(_lake(settings), host=args.host, port=args.port, refresh_seconds=args.refresh_seconds)
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Print a SQL result."""
     if args.engine == "native":
@@ -761,6 +782,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "query": cmd_query,
     "migrations": cmd_migrations,
     "audience": cmd_audience,
+    "dashboard": cmd_dashboard,
     "maintain": cmd_maintain,
     "stream": cmd_stream,
     "compact": cmd_compact,
