@@ -55,7 +55,8 @@ class TopicSpec:
 
 ORDERS_TOPIC = TopicSpec(name="flo.orders", partitions=4)
 SEGMENT_CHANGES_TOPIC = TopicSpec(name="flo.segment-changes", partitions=4)
-STACK_TOPICS = (ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC)
+AUDIENCE_CHANGES_TOPIC = TopicSpec(name="flo.audience-changes", partitions=4)
+STACK_TOPICS = (ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, AUDIENCE_CHANGES_TOPIC)
 
 
 @dataclass(frozen=True, kw_only=True)
