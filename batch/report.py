@@ -320,22 +320,43 @@ def k_selection_figure(k_table: pd.DataFrame, chosen_k: int) -> Figure:
     return fig
 
 
-def segment_sizes_figure(sizes: pd.DataFrame, colors: Mapping[str, str]) -> Figure:
-    """Horizontal bars of customers per segment, labelled with count and share."""
-    fig = Figure(figsize=(8, 0.6 * len(sizes) + 1.4), layout="constrained")
+def labelled_bars(
+    segments: Sequence[str],
+    values: Sequence[float],
+    labels: Sequence[str],
+    colors: Mapping[str, str],
+    *,
+    xlabel: str,
+    title: str,
+    headroom: float,
+) -> Figure:
+    """Horizontal bars, one per segment from the top down, each labelled at its end."""
+    fig = Figure(figsize=(8, 0.6 * len(segments) + 1.4), layout="constrained")
     ax = fig.add_subplot()
-    labels = list(sizes["segment"])[::-1]
-    values = list(sizes["customers"])[::-1]
-    shares = list(sizes["share"])[::-1]
-    ax.barh(labels, values, color=[colors[s] for s in labels])
-    for y, (value, share) in enumerate(zip(values, shares, strict=True)):
-        ax.text(value, y, f"  {value:,} ({share:.1%})", va="center")
-    ax.set_xlim(0, max([*values, 1]) * 1.3)
+    names = list(segments)[::-1]
+    ax.barh(names, list(values)[::-1], color=[colors[s] for s in names])
+    for y, (value, label) in enumerate(zip(list(values)[::-1], list(labels)[::-1], strict=True)):
+        ax.text(value, y, f"  {label}", va="center")
+    ax.set_xlim(0, max([*values, 1]) * headroom)
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    ax.set_xlabel("customers")
-    ax.set_title("Segment sizes")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+def segment_sizes_figure(sizes: pd.DataFrame, colors: Mapping[str, str]) -> Figure:
+    """Horizontal bars of customers per segment, labelled with count and share."""
+    labels = [f"{value:,} ({share:.1%})" for value, share in zip(sizes["customers"], sizes["share"], strict=True)]
+    return labelled_bars(
+        list(sizes["segment"]),
+        list(sizes["customers"]),
+        labels,
+        colors,
+        xlabel="customers",
+        title="Segment sizes",
+        headroom=1.3,
+    )
 
 
 def box_stats(distributions: pd.DataFrame, metric: str, order: Sequence[str]) -> list[dict[str, Any]]:
@@ -779,20 +800,17 @@ def lifetime_value_frame(profiles: pd.DataFrame, order: Sequence[str]) -> pd.Dat
 
 def lifetime_value_figure(frame: pd.DataFrame, colors: Mapping[str, str]) -> Figure:
     """Bars of each segment's total expected 12-month value, labelled with its mean P(alive)."""
-    fig = Figure(figsize=(8, 0.6 * len(frame) + 1.4), layout="constrained")
-    ax = fig.add_subplot()
-    labels = list(frame["segment"])[::-1]
-    values = [float(v) for v in frame["segment's expected value, 12 months"]][::-1]
-    alive = [float(v) for v in frame["mean P(alive)"]][::-1]
-    ax.barh(labels, values, color=[colors[s] for s in labels])
-    for y, (value, p) in enumerate(zip(values, alive, strict=True)):
-        ax.text(value, y, f"  {value:,.0f} (P(alive) {p:.4f})", va="center")
-    ax.set_xlim(0, max([*values, 1.0]) * 1.45)
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    ax.set_xlabel("expected spend in the next 12 months, all the segment's customers")
-    ax.set_title("Lifetime value per segment")
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
+    values = [float(v) for v in frame["segment's expected value, 12 months"]]
+    alive = [float(v) for v in frame["mean P(alive)"]]
+    return labelled_bars(
+        list(frame["segment"]),
+        values,
+        [f"{value:,.0f} (P(alive) {p:.4f})" for value, p in zip(values, alive, strict=True)],
+        colors,
+        xlabel="expected spend in the next 12 months, all the segment's customers",
+        title="Lifetime value per segment",
+        headroom=1.45,
+    )
 
 
 def lifetime_value_section(
