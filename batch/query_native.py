@@ -117,9 +117,12 @@ def run_native_query(lake: LakeSettings, sql: str, *, fmt: str, limit: int, out:
     return write_rows(columns, rows, fmt, out)
 
 
-def native_rows(lake: LakeSettings, sql: str, limit: int) -> tuple[list[str], list[list[object]]]:
-    """The column names and up to `limit` rows of one read-only statement over the lake's tables."""
-    tables = lake_tables(lake)
+def native_rows(
+    lake: LakeSettings, sql: str, limit: int, tables: dict[str, DeltaTable] | None = None
+) -> tuple[list[str], list[list[object]]]:
+    """The column names and up to `limit` rows of one read-only statement over the lake's tables (`tables`:
+    already opened by `lake_tables`, for a caller that runs several statements on one snapshot)."""
+    tables = lake_tables(lake) if tables is None else tables
     if not tables:
         raise FileNotFoundError(f"no tables under {lake.root}; run `flo-seg train` first")
     check_read_only(sql, frozenset(tables))

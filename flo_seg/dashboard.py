@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.express as px
 from dash import Dash, Input, Output, dcc, html
 from dash.development.base_component import Component
+from deltalake import DeltaTable
 from plotly.graph_objects import Figure
 
 from batch.migrations import matrix_frame, migration_sql
@@ -52,8 +53,8 @@ PROFILE_COLUMNS = (
 )
 
 
-def _frame(lake: LakeSettings, sql: str) -> pd.DataFrame:
-    columns, rows = native_rows(lake, sql, _ROWS)
+def _frame(lake: LakeSettings, tables: dict[str, DeltaTable], sql: str) -> pd.DataFrame:
+    columns, rows = native_rows(lake, sql, _ROWS, tables)
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -75,18 +76,24 @@ class Snapshot:
 def read_snapshot(lake: LakeSettings) -> Snapshot:
     """The page's data, one read-only statement per panel."""
     started = time.monotonic()
-    tables = set(lake_tables(lake))
+    opened = lake_tables(lake)  # once: every panel reads the same versions
+    tables = set(opened)
     model: dict[str, object] = {}
     if MODELS in tables:
         current = _frame(
             lake,
+            opened,
             "SELECT model_version, algorithm, k, trained_at, as_of FROM models WHERE is_current "
             "ORDER BY trained_at DESC LIMIT 1",
         )
         model = {str(k): v for k, v in current.iloc[0].items()} if not current.empty else {}
     empty = pd.DataFrame()
     sizes = (
-        _frame(lake, "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY 2 DESC")
+        _frame(
+            lake,
+            opened,
+            "SELECT segment, count(*) AS customers FROM customer_segments GROUP BY segment ORDER BY 2 DESC",
+        )
         if CUSTOMER_SEGMENTS in tables
         else pd.DataFrame(columns=["segment", "customers"])
     )
@@ -94,14 +101,16 @@ def read_snapshot(lake: LakeSettings) -> Snapshot:
     if SEGMENT_CHANGES in tables:
         flows = _frame(
             lake,
+            opened,
             "SELECT date_trunc('minute', changed_at) AS minute, segment, previous_segment, count(*) AS changes "
             "FROM segment_changes WHERE batch_id >= 0 AND changed_at >= "
             f"(SELECT max(changed_at) FROM segment_changes) - INTERVAL '{HOURS_SHOWN} hours' "
             "GROUP BY 1, 2, 3 ORDER BY 1",
         )
-        moves = _frame(lake, migration_sql())
+        moves = _frame(lake, opened, migration_sql())
         recent = _frame(
             lake,
+            opened,
             "SELECT changed_at, master_id, previous_segment, segment, model_version FROM segment_changes "
             f"ORDER BY changed_at DESC, change_id LIMIT {RECENT_CHANGES}",
         )
@@ -109,12 +118,13 @@ def read_snapshot(lake: LakeSettings) -> Snapshot:
     if SEGMENT_PROFILES in tables and model:
         everything = _frame(
             lake,
+            opened,
             f"SELECT * FROM segment_profiles WHERE model_version = '{model['model_version']}' ORDER BY customers DESC",
         )
         # A version profiled before lifetime value lacks its columns.
         profiles = everything[[c for c in PROFILE_COLUMNS if c in everything.columns]]
     quarantine = (
-        _frame(lake, "SELECT reason, count(*) AS events FROM quarantine GROUP BY reason ORDER BY 2 DESC")
+        _frame(lake, opened, "SELECT reason, count(*) AS events FROM quarantine GROUP BY reason ORDER BY 2 DESC")
         if QUARANTINE in tables
         else empty
     )
