@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from batch.lake import append_table, ensure_table, latest_commit, overwrite_table, table_exists, with_conflict_retry
 from batch.migrations import RETRAIN_BATCH_ID
-from batch.segments import CAMPAIGNS
+from batch.segments import CAMPAIGN_PREDICATES
 from flo_seg.errors import first_line
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
@@ -44,16 +44,8 @@ log = logging.getLogger(__name__)
 JOINED, LEFT = "joined", "left"
 
 
-def _sql_list(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
-
-
-# The classic campaign lists as predicates: the same rules as campaign_targets (a test holds them equal).
-CLASSIC_AUDIENCES: dict[str, str] = {
-    name: f"rfm_segment IN ({_sql_list(rfm)}) AND "
-    f"coalesce(arrays_overlap(interested_in_categories_12, array({_sql_list(categories)})), false)"
-    for name, (rfm, categories) in CAMPAIGNS.items()
-}
+# The classic campaign lists (batch/segments.py), always there.
+CLASSIC_AUDIENCES: dict[str, str] = dict(CAMPAIGN_PREDICATES)
 
 
 class AudienceError(ValueError):

@@ -236,20 +236,29 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+# The campaigns as SQL predicates over customer_segments' columns: what campaign_targets filters by and
+# the built-in audiences (batch/audiences.py) are.
+CAMPAIGN_PREDICATES: dict[str, str] = {
+    name: f"rfm_segment IN ({_sql_list(rfm)}) AND "
+    f"coalesce(arrays_overlap(interested_in_categories_12, array({_sql_list(categories)})), false)"
+    for name, (rfm, categories) in CAMPAIGNS.items()
+}
+
+
 def campaign_targets(customers_df: DataFrame) -> DataFrame:
     """The two classic FLO campaign lists from customers' classic RFM segments and category interests.
 
     One frame holds both (train's scored customers): joining two projections of it would shuffle
     every customer twice.
     """
-    lists = []
-    for campaign, (rfm_segments, categories) in CAMPAIGNS.items():
-        interested = F.arrays_overlap(F.col("interested_in_categories_12"), F.array(*[F.lit(c) for c in categories]))
-        lists.append(
-            customers_df.where(
-                F.col("rfm_segment").isin(list(rfm_segments)) & F.coalesce(interested, F.lit(False))
-            ).withColumn("campaign", F.lit(campaign))
-        )
+    lists = [
+        customers_df.where(F.expr(predicate)).withColumn("campaign", F.lit(campaign))
+        for campaign, predicate in CAMPAIGN_PREDICATES.items()
+    ]
     out = lists[0]
     for other in lists[1:]:
         out = out.unionByName(other)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pandas as pd
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -213,8 +214,12 @@ def run_train(
 
     sample = sample_customers(features, rows, settings.sample, settings.seed).cache()
     points = sample_points(sample, caps, settings.algorithm)
-    sample_pdf = sample.select(*CORRELATED).toPandas()
-    clv = fit_lifetime_value(sample)
+    # One collect of the sample for the driver's two uses: the feature correlations and the CLV fit.
+    collected = sample.select(
+        *CORRELATED, *[column.alias(f"_clv_{name}") for name, column in clv_inputs().items()]
+    ).toPandas()
+    sample_pdf = collected[list(CORRELATED)]
+    clv = fit_lifetime_value(collected[[f"_clv_{name}" for name in CLV_INPUTS]].set_axis(list(CLV_INPUTS), axis=1))
     if settings.k is not None:
         k, table = settings.k, []
         reference = score_candidate(
@@ -327,10 +332,9 @@ def run_train(
     return summary
 
 
-def fit_lifetime_value(sample: DataFrame) -> ClvModel | None:
-    """BG/NBD and Gamma-Gamma fitted on the training sample; None (and a warning) when the fit fails, so
-    that segments are still trained and the CLV columns stay empty for this version."""
-    inputs = sample.select(*[column.alias(name) for name, column in clv_inputs().items()]).toPandas()
+def fit_lifetime_value(inputs: pd.DataFrame) -> ClvModel | None:
+    """BG/NBD and Gamma-Gamma fitted on the training sample's CLV_INPUTS columns; None (and a warning) when
+    the fit fails, so that segments are still trained and the CLV columns stay empty for this version."""
     with step(f"fitting lifetime value (BG/NBD and Gamma-Gamma) on {len(inputs)} customers"):
         try:
             model = fit_clv(*(inputs[c].to_numpy() for c in CLV_INPUTS))
