@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from batch.maintain import DEFAULT_RETAIN_HOURS, MAINTAINED_TABLES
 from batch.migrations import NEW as NEW_SEGMENT
@@ -37,6 +37,10 @@ from flo_seg.settings import (
     load_settings,
     parse_setting,
 )
+
+if TYPE_CHECKING:  # the stream's modules load only when a stream command runs
+    from streaming.audiences import AudienceSettings
+    from streaming.job import StreamSettings
 
 log = logging.getLogger("flo_seg")
 
@@ -639,11 +643,31 @@ def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def follower_settings(
+    args: argparse.Namespace, settings: Settings, stream_settings: StreamSettings
+) -> AudienceSettings | None:
+    """The audience follower `flo-seg stream` runs beside its query; None with --no-audiences."""
+    from batch.audiences import audience_definitions
+    from streaming.audiences import AudienceSettings
+
+    if args.no_audiences:
+        return None
+    assert stream_settings.checkpoint is not None
+    return AudienceSettings(
+        audiences=audience_definitions(settings.audiences),
+        checkpoint=f"{stream_settings.checkpoint.rstrip('/')}-audiences",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.audience_changes_topic or None,
+        kafka_options=stream_settings.kafka_options,
+        available_now=args.available_now,
+        trigger_seconds=settings.stream.trigger_seconds,
+    )
+
+
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Run the streaming job."""
-    from batch.audiences import audience_definitions, check_audiences
+    from batch.audiences import check_audiences
     from flo_seg.spark import build_session
-    from streaming.audiences import AudienceSettings
     from streaming.job import StreamSettings
     from streaming.run import default_checkpoint, run_stream
 
@@ -662,19 +686,9 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     # A compaction child inherits the FLO_* variables; a --config file it is given as this process was.
     config = getattr(args, "config", None)
     child_flags = ("--config", str(Path(config).resolve())) if config else ()
-    audiences = None
-    if not args.no_audiences:
-        definitions = audience_definitions(settings.audiences)
-        check_audiences(spark, definitions)
-        audiences = AudienceSettings(
-            audiences=definitions,
-            checkpoint=f"{stream_settings.checkpoint.rstrip('/')}-audiences",
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            topic=settings.kafka.audience_changes_topic or None,
-            kafka_options=stream_settings.kafka_options,
-            available_now=args.available_now,
-            trigger_seconds=options.trigger_seconds,
-        )
+    audiences = follower_settings(args, settings, stream_settings)
+    if audiences is not None:
+        check_audiences(spark, audiences.audiences)
     return run_stream(
         spark, lake, stream_settings, duration_s=args.duration, child_flags=child_flags, audiences=audiences
     )

@@ -205,3 +205,34 @@ def test_train_rebuilds_the_members_and_records_who_a_retrain_moved(spark: Spark
         for r in read_table(spark, lake, "audience_changes").collect()
     ]
     assert changes == [("new_womens_shoe_brand", "b", "left", -1)]
+
+
+def test_flo_seg_stream_runs_the_follower_unless_told_not_to(tmp_path: Path) -> None:
+    from streaming.job import StreamSettings
+
+    config = tmp_path / "flo.toml"
+    config.write_text('[audiences]\nvip = "monetary > 1000"\n[kafka]\naudience_changes_topic = "aud"\n')
+    parser = cli.build_parser()
+    settings = cli.load_settings({}, config_file=str(config)).settings
+    stream = StreamSettings(bootstrap_servers="b:9092", checkpoint="/ck/flo-seg-stream/", topic="orders")
+    follower = cli.follower_settings(parser.parse_args(["stream", "--available-now"]), settings, stream)
+    assert follower is not None
+    assert set(follower.audiences) == {*CLASSIC_AUDIENCES, "vip"}
+    assert (follower.checkpoint, follower.topic, follower.available_now) == (
+        "/ck/flo-seg-stream-audiences",
+        "aud",
+        True,
+    )
+    assert cli.follower_settings(parser.parse_args(["stream", "--no-audiences"]), settings, stream) is None
+
+
+@pytest.mark.parametrize("command", [["train", "--history", "never-read.csv"], ["stream", "--available-now"]])
+def test_a_bad_configured_audience_stops_train_and_stream_before_any_work(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = tmp_path / "flo.toml"
+    config.write_text('[audiences]\nvip = "monetry > 1000"\n')
+    lake = tmp_path / "lake"
+    assert cli.main([*command, "--lake", str(lake), "--config", str(config)]) == 2
+    assert "audience 'vip'" in capsys.readouterr().err
+    assert not lake.exists() or not any(lake.iterdir())  # nothing written
