@@ -3,7 +3,8 @@
 Trains once on the history (into a temporary lake), then scores micro-batch-sized sets of its customers
 with `score_customers` (the stream's and re-score's scoring) twice per round: with the version's CLV
 parameters, and with them removed (the baseline: the scoring before lifetime value), alternating so the
-machine's drift falls on both. Each timing scores a cached input into Spark's noop sink (every row and column computed, nothing written).
+machine's drift falls on both. Each timing scores a cached input into Spark's noop sink (every row and
+column computed, nothing written).
 Prints a Markdown table of the median seconds per size and the difference.
 """
 
