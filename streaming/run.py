@@ -179,7 +179,8 @@ def run_stream(
             if audiences is not None and audiences.available_now and query.exception() is None and not lost:
                 # Everything the query appended to segment_log, then done.
                 follower = start_audiences(spark, lake, audiences)
-                follower.awaitTermination()
+                while follower.isActive and not stopping["signal"] and not lost:
+                    follower.awaitTermination(timeout=1)
         finally:
             stop_between_batches(query)
             if follower is not None:
