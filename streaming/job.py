@@ -39,6 +39,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from batch.compact import SEGMENTS, compact_lake, compacted_version, log_rows, log_version, prepare_logs
@@ -647,6 +648,28 @@ def kafka_rows(progress: Any) -> int:
 # Where the order records come from: a streaming DataFrame shaped like Spark's Kafka source (key, value,
 # topic, partition, offset, ...). The stream reads Kafka; tests give a file source of such rows.
 RecordSource = Callable[[SparkSession, "StreamSettings"], DataFrame]
+
+# The columns of Spark's Kafka source that the stream reads: rows of this shape in Parquet files replay
+# records without a broker (`file_records`).
+KAFKA_RECORD_SCHEMA = T.StructType(
+    [
+        T.StructField("key", T.BinaryType()),
+        T.StructField("value", T.BinaryType()),
+        T.StructField("topic", T.StringType()),
+        T.StructField("partition", T.IntegerType()),
+        T.StructField("offset", T.LongType()),
+    ]
+)
+
+
+def file_records(folder: str) -> RecordSource:
+    """A record source of KAFKA_RECORD_SCHEMA Parquet under `folder`/*, one file per micro-batch (tests,
+    benchmarks)."""
+
+    def source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
+        return spark.readStream.schema(KAFKA_RECORD_SCHEMA).option("maxFilesPerTrigger", 1).parquet(f"{folder}/*")
+
+    return source
 
 
 def kafka_records(spark: SparkSession, settings: StreamSettings) -> DataFrame:

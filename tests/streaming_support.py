@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 from kafka import KafkaProducer
 from pyspark.sql import SparkSession
-from pyspark.sql import types as T
 
 from batch.compact import compact_lake
 from batch.generate import write_history_csv
@@ -25,17 +24,6 @@ from streaming.job import StreamSettings, start_stream
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))
-
-# Rows shaped like Spark's Kafka source (key, value, coordinates), for tests without a broker.
-KAFKA_SCHEMA = T.StructType(
-    [
-        T.StructField("key", T.BinaryType()),
-        T.StructField("value", T.BinaryType()),
-        T.StructField("topic", T.StringType()),
-        T.StructField("partition", T.IntegerType()),
-        T.StructField("offset", T.LongType()),
-    ]
-)
 
 
 def fresh_topics(bootstrap: str) -> tuple[str, str]:

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from pyspark.sql import SparkSession
-from streaming_support import KAFKA_SCHEMA
 
 from streaming.events import drop_duplicate_events, parse_order_events
+from streaming.job import KAFKA_RECORD_SCHEMA
 
 
 def record(event_id: str, offset: int, amount: float = 10.0) -> tuple[bytes, bytes, str, int, int]:
@@ -32,8 +32,8 @@ def test_window_drops_re_sends_and_forgets_them_after_it(spark: SparkSession, tm
     def run(name: str, records: list[tuple[bytes, bytes, str, int, int]]) -> tuple[list[str], int]:
         """Event ids the run let through (watermark-only batches add none), and the ids held after it."""
         counted: list[str] = []
-        spark.createDataFrame(records, KAFKA_SCHEMA).coalesce(1).write.parquet(str(source / name))
-        stream = spark.readStream.schema(KAFKA_SCHEMA).option("maxFilesPerTrigger", 1).parquet(str(source / "*"))
+        spark.createDataFrame(records, KAFKA_RECORD_SCHEMA).coalesce(1).write.parquet(str(source / name))
+        stream = spark.readStream.schema(KAFKA_RECORD_SCHEMA).option("maxFilesPerTrigger", 1).parquet(str(source / "*"))
         query = (
             drop_duplicate_events(parse_order_events(stream), "2 seconds")
             .writeStream.option("checkpointLocation", str(checkpoint))

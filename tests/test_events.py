@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pyspark.sql import DataFrame, SparkSession
-from streaming_support import KAFKA_SCHEMA
 
 from schemas.events import EARLIEST_ORDER, event_json_schema
 from streaming.events import DETAIL, REASON, parse_order_events, quarantine_rows, valid_orders
+from streaming.job import KAFKA_RECORD_SCHEMA
 
 GOOD: dict[str, Any] = {
     "event_id": "e-1",
@@ -31,7 +31,7 @@ GOOD: dict[str, Any] = {
 def kafka_frame(spark: SparkSession, records: list[tuple[bytes | None, bytes | None]]) -> DataFrame:
     """Rows shaped like the Kafka source's, at offsets 0.. of one partition."""
     rows = [(key, value, "orders", 0, offset) for offset, (key, value) in enumerate(records)]
-    return spark.createDataFrame(rows, KAFKA_SCHEMA)
+    return spark.createDataFrame(rows, KAFKA_RECORD_SCHEMA)
 
 
 def one(spark: SparkSession, value: str | bytes | None, key: str | None = GOOD["master_id"]) -> tuple[str, str]:

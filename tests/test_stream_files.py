@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
-from streaming_support import KAFKA_SCHEMA, EventSet, expected_state, make_events
+from streaming_support import EventSet, expected_state, make_events
 
 from batch.compact import compact_lake
 from batch.lake import read_table
 from batch.migrations import NEW, migration_sql, read_migrations_native
 from batch.score import load_current_model, score_customers
 from flo_seg.settings import LakeSettings
-from streaming.job import RecordSource, StreamSettings, read_clock, start_stream
+from streaming.job import KAFKA_RECORD_SCHEMA, StreamSettings, file_records, read_clock, start_stream
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +56,7 @@ def write_records(spark: SparkSession, folder: Path, messages: list[tuple[bytes,
     size = -(-len(rows) // files)
     for n in range(files):
         chunk = rows[n * size : (n + 1) * size]
-        spark.createDataFrame(chunk, KAFKA_SCHEMA).coalesce(1).write.parquet(str(folder / f"batch-{n:03d}"))
-
-
-def file_records(folder: Path) -> RecordSource:
-    """A record source reading one of `folder`'s files per micro-batch."""
-
-    def source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
-        return spark.readStream.schema(KAFKA_SCHEMA).option("maxFilesPerTrigger", 1).parquet(str(folder / "*"))
-
-    return source
+        spark.createDataFrame(chunk, KAFKA_RECORD_SCHEMA).coalesce(1).write.parquet(str(folder / f"batch-{n:03d}"))
 
 
 def run_stream(spark: SparkSession, lake: LakeSettings, records: Path, checkpoint: Path) -> None:
@@ -77,7 +68,7 @@ def run_stream(spark: SparkSession, lake: LakeSettings, records: Path, checkpoin
         changes_topic=None,
         available_now=True,
     )
-    query = start_stream(spark, lake, settings, source=file_records(records))
+    query = start_stream(spark, lake, settings, source=file_records(str(records)))
     try:
         query.awaitTermination(timeout=600)
         assert query.exception() is None
