@@ -10,6 +10,7 @@ from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
 from batch.clv import ClvModel
+from batch.drift import DriftReference, bins_rows, reference_from_columns
 from batch.lake import overwrite_table, read_table, table_exists
 from batch.model import KCandidate
 from batch.rfm import RfmEdges
@@ -39,6 +40,8 @@ class ModelRecord:
     trained_at: dt.datetime
     # Lifetime value and churn risk (batch/clv.py); None for versions trained before them or a failed fit.
     clv: ClvModel | None = None
+    # The training snapshot drift checks compare with (batch/drift.py); None for versions trained before it.
+    drift: DriftReference | None = None
 
     def to_row(self, *, is_current: bool) -> Row:
         """The record as a `models` table row."""
@@ -71,6 +74,8 @@ class ModelRecord:
             trained_at=self.trained_at,
             is_current=is_current,
             clv_params=None if self.clv is None else self.clv.as_map(),
+            drift_bins=None if self.drift is None else [Row(**b) for b in bins_rows(self.drift)],
+            segment_shares=None if self.drift is None else self.drift.segment_shares,
         )
 
     @classmethod
@@ -97,6 +102,9 @@ class ModelRecord:
             as_of=row["as_of"],
             trained_at=row["trained_at"],
             clv=ClvModel.from_map(row.asDict().get("clv_params")),
+            drift=reference_from_columns(
+                [b.asDict() for b in row.asDict().get("drift_bins") or []], row.asDict().get("segment_shares")
+            ),
         )
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from delta.tables import DeltaTable
@@ -18,6 +18,7 @@ from pyspark.sql import types as T
 from batch.audiences import CLASSIC_AUDIENCES, rebuild_members
 from batch.clv import CLV_INPUTS, ClvModel, clv_inputs, fit_clv
 from batch.compact import append_segments, compact_lake, reset_logs
+from batch.drift import DRIFT_FEATURES, drift_reference
 from batch.explore import CORRELATED, data_profile, profile_frame
 from batch.features import CLUSTER_FEATURES, with_customer_features
 from batch.lake import (
@@ -216,9 +217,12 @@ def run_train(
     points = sample_points(sample, caps, settings.algorithm)
     # One collect of the sample for the driver's two uses: the feature correlations and the CLV fit.
     collected = sample.select(
-        *CORRELATED, *[column.alias(f"_clv_{name}") for name, column in clv_inputs().items()]
+        *CORRELATED,
+        *[F.col(name).alias(f"_drift_{name}") for name in DRIFT_FEATURES],
+        *[column.alias(f"_clv_{name}") for name, column in clv_inputs().items()],
     ).toPandas()
     sample_pdf = collected[list(CORRELATED)]
+    drift_pdf = collected[[f"_drift_{name}" for name in DRIFT_FEATURES]].set_axis(list(DRIFT_FEATURES), axis=1)
     clv = fit_lifetime_value(collected[[f"_clv_{name}" for name in CLV_INPUTS]].set_axis(list(CLV_INPUTS), axis=1))
     if settings.k is not None:
         k, table = settings.k, []
@@ -321,9 +325,10 @@ def run_train(
         if previous is not None:
             writes[SEGMENT_CHANGES] = lambda: record_moves(spark, lake, previous, scored, now)
         write_concurrently(writes, step)
-        # Last: the version becomes current only once its segments are written.
+        # Last: the version becomes current only once its segments are written. Drift checks compare
+        # with the sample's features and every customer's segment.
         with step("model registry"):
-            publish_model(spark, lake, record)
+            publish_model(spark, lake, replace(record, drift=drift_reference(drift_pdf, summary.segments)))
     scored.unpersist()
     features.unpersist()
     if history_path is not None:

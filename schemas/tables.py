@@ -20,6 +20,7 @@ COMPACTIONS = "compactions"
 DATA_PROFILE = "data_profile"
 AUDIENCE_MEMBERS = "audience_members"
 AUDIENCE_CHANGES = "audience_changes"
+DRIFT_ALARMS = "drift_alarms"
 
 _str, _dbl, _lng, _int = T.StringType(), T.DoubleType(), T.LongType(), T.IntegerType()
 _date, _ts, _bool = T.DateType(), T.TimestampType(), T.BooleanType()
@@ -149,6 +150,21 @@ MODELS_SCHEMA = _schema(
     ("is_current", _bool, False),
     # BG/NBD (r, alpha, a, b; days) and Gamma-Gamma (p, q, gamma) parameters the version scores CLV with.
     ("clv_params", T.MapType(_str, _dbl), True),
+    # The training snapshot a drift check compares with (batch/drift.py): each drift feature's bins and the
+    # share of trained customers per bin, and each segment's share of all customers.
+    (
+        "drift_bins",
+        T.ArrayType(
+            _schema(
+                ("feature", _str, False),
+                ("edges", T.ArrayType(_dbl), True),
+                ("categories", T.ArrayType(_str), True),
+                ("proportions", T.ArrayType(_dbl), False),
+            )
+        ),
+        True,
+    ),
+    ("segment_shares", T.MapType(_str, _dbl), True),
 )
 
 QUARANTINE_SCHEMA = _schema(
@@ -203,6 +219,20 @@ AUDIENCE_CHANGES_SCHEMA = _schema(
     ("batch_id", _lng, False),
 )
 
+# What `flo-seg monitor` found beyond a threshold: one row per statistic per check (batch/drift.py).
+DRIFT_ALARMS_SCHEMA = _schema(
+    ("alarm_id", _str, False),
+    ("detected_at", _ts, False),
+    ("model_version", _str, False),
+    ("kind", _str, False),  # feature | segment
+    ("name", _str, False),  # the feature or the segment
+    ("statistic", _str, False),  # psi | share_shift
+    ("value", _dbl, False),
+    ("threshold", _dbl, False),
+    ("customers", _lng, False),  # how many customers it was measured on
+    ("window_start", _ts, False),  # the recently updated customers: updated from here to detected_at
+)
+
 # The stream's event-time clock: one row, never moving backwards.
 STREAM_CLOCK_SCHEMA = _schema(
     ("clock_ts", _ts, False),
@@ -245,6 +275,7 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     DATA_PROFILE: DATA_PROFILE_SCHEMA,
     AUDIENCE_MEMBERS: AUDIENCE_MEMBERS_SCHEMA,
     AUDIENCE_CHANGES: AUDIENCE_CHANGES_SCHEMA,
+    DRIFT_ALARMS: DRIFT_ALARMS_SCHEMA,
 }
 
 
@@ -272,6 +303,7 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     SEGMENT_CHANGES: _PER_BATCH,
     AUDIENCE_CHANGES: _PER_BATCH,
     AUDIENCE_MEMBERS: _READER_FRIENDLY,
+    DRIFT_ALARMS: _READER_FRIENDLY,
 }
 
 
