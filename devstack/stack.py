@@ -56,7 +56,8 @@ class TopicSpec:
 ORDERS_TOPIC = TopicSpec(name="flo.orders", partitions=4)
 SEGMENT_CHANGES_TOPIC = TopicSpec(name="flo.segment-changes", partitions=4)
 AUDIENCE_CHANGES_TOPIC = TopicSpec(name="flo.audience-changes", partitions=4)
-STACK_TOPICS = (ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, AUDIENCE_CHANGES_TOPIC)
+DRIFT_ALARMS_TOPIC = TopicSpec(name="flo.drift-alarms", partitions=1)
+STACK_TOPICS = (ORDERS_TOPIC, SEGMENT_CHANGES_TOPIC, AUDIENCE_CHANGES_TOPIC, DRIFT_ALARMS_TOPIC)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -419,6 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(produce, "--late-share", key="produce.late_share", help="share of late, out-of-order events")
     _setting(
         produce,
+        "--basket-factor",
+        key="produce.basket_factor",
+        help="multiply every basket by this (a shifted stream, e.g. a sale season: 3)",
+    )
+    _setting(
+        produce,
+        "--channel",
+        key="produce.channel",
+        help="send every order through this channel (a shifted stream; not set: each customer's own mix)",
+    )
+    _setting(
+        produce,
         "--event-seconds",
         key="produce.event_seconds",
         help="mean event-time gap between orders, in simulated seconds",
@@ -428,6 +440,58 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="draw from a sample of this many customers (default all)",
+    )
+
+    monitor = command(
+        "monitor",
+        help="check for drift beside the stream: alarms to drift_alarms and Kafka, retrain with --auto-retrain",
+    )
+    _setting(
+        monitor,
+        "--bootstrap-servers",
+        key="kafka.bootstrap_servers",
+        help="Kafka brokers, host:port[,...]",
+    )
+    _setting(monitor, "--alarms-topic", key="kafka.drift_alarms_topic", help="drift alarms topic ('' to not publish)")
+    _setting(monitor, "--interval-seconds", key="monitor.interval_seconds", help="seconds between two checks")
+    monitor.add_argument("--once", action="store_true", help="check once, print the measurements and stop")
+    _setting(
+        monitor,
+        "--window-minutes",
+        key="monitor.window_minutes",
+        help="compare the customers the stream updated within this many minutes (and since the model was trained)",
+    )
+    _setting(
+        monitor,
+        "--psi-threshold",
+        key="monitor.psi_threshold",
+        help="alarm when a feature's population stability index exceeds this",
+    )
+    _setting(
+        monitor,
+        "--share-threshold",
+        key="monitor.share_threshold",
+        help="alarm when a segment's share of all customers moved more than this (absolute)",
+    )
+    _setting(
+        monitor,
+        "--min-customers",
+        key="monitor.min_customers",
+        help="judge features on at least this many recently updated customers",
+    )
+    _setting(
+        monitor,
+        "--auto-retrain",
+        key="monitor.auto_retrain",
+        help="retrain from the lake after an alarm (the running stream reloads the new model)",
+        action="store_const",
+        const=True,
+    )
+    _setting(
+        monitor,
+        "--retrain-cooldown-minutes",
+        key="monitor.retrain_cooldown_minutes",
+        help="retrain at most once per this many minutes, counted from the current model's training",
     )
 
     config = command(
@@ -694,6 +758,46 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check for drift once (printing the measurements) or at the interval until stopped."""
+    from batch.audiences import audience_definitions, check_audiences
+    from batch.drift import describe
+    from batch.train import run_train
+    from flo_seg.spark import build_session
+    from streaming.monitor import MonitorSettings, monitor_once, run_monitor
+
+    lake = _lake(settings)
+    monitor_settings = MonitorSettings(
+        options=settings.monitor,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.drift_alarms_topic or None,
+        kafka_options={f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
+    )
+    spark = build_session(_spark(settings, "monitor"))
+    retrain = None
+    if settings.monitor.auto_retrain:
+        audiences = audience_definitions(settings.audiences)
+        check_audiences(spark, audiences)
+
+        def retrain() -> str:
+            return run_train(spark, lake, settings.train, history_path=None, audiences=audiences).model_version
+
+    if not args.once:
+        return run_monitor(spark, lake, monitor_settings, retrain)
+    check, version = monitor_once(spark, lake, monitor_settings, retrain)
+    print(
+        f"model {check.model_version}: {check.recent_customers} customers updated since "
+        f"{check.window_start:%Y-%m-%d %H:%M:%S} UTC, {len(check.alarms)} alarm(s)"
+    )
+    for m in check.measurements:
+        print(f"  {describe(m)}")
+    for why in check.skipped:
+        print(f"  not measured: {why}")
+    if version is not None:
+        print(f"retrained: model {version} is current")
+    return 0
+
+
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     """Compact the stream's logs into the tables users read; one line per log."""
     from batch.compact import compact_lake, compact_until_stopped
@@ -801,6 +905,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "stream": cmd_stream,
     "compact": cmd_compact,
     "produce": cmd_produce,
+    "monitor": cmd_monitor,
 }
 
 

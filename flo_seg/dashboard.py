@@ -3,8 +3,9 @@
 A Dash app (Plotly charts) that reads the Delta tables through delta-rs' SQL engine (no JVM, the same
 read-only path as `flo-seg query`) and reads them again every `--refresh-seconds`: segment sizes now
 and over the last hours, segment changes per minute, the migration matrix, profiles with their
-actions, lifetime value and churn risk per segment, the latest changes, quarantine counts and the
-current model. It serves on 127.0.0.1 by default (README: behind a proxy with authentication).
+actions, lifetime value and churn risk per segment, the latest changes, quarantine counts, the
+drift alarms of `flo-seg monitor` and the current model. It serves on 127.0.0.1 by default (README:
+behind a proxy with authentication).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from batch.query_native import lake_tables, native_rows
 from flo_seg.settings import LakeSettings
 from schemas.tables import (
     CUSTOMER_SEGMENTS,
+    DRIFT_ALARMS,
     MODELS,
     QUARANTINE,
     SEGMENT_CHANGES,
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HOURS_SHOWN = 3  # segment changes and sizes over the last hours of changes
 RECENT_CHANGES = 20
+RECENT_ALARMS = 20
 _ROWS = 1_000_000
 PROFILE_COLUMNS = (
     "segment",
@@ -69,6 +72,7 @@ class Snapshot:
     profiles: pd.DataFrame
     recent: pd.DataFrame
     quarantine: pd.DataFrame
+    alarms: pd.DataFrame = field(default_factory=pd.DataFrame)  # the latest drift alarms
     read_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None))
     seconds: float = 0.0
 
@@ -128,7 +132,19 @@ def read_snapshot(lake: LakeSettings) -> Snapshot:
         if QUARANTINE in tables
         else empty
     )
-    return Snapshot(model, sizes, flows, moves, profiles, recent, quarantine, seconds=time.monotonic() - started)
+    alarms = (
+        _frame(
+            lake,
+            opened,
+            "SELECT detected_at, model_version, kind, name, statistic, value, threshold, "
+            f"customers FROM drift_alarms ORDER BY detected_at DESC, name LIMIT {RECENT_ALARMS}",
+        )
+        if DRIFT_ALARMS in tables
+        else empty
+    )
+    return Snapshot(
+        model, sizes, flows, moves, profiles, recent, quarantine, alarms=alarms, seconds=time.monotonic() - started
+    )
 
 
 def sizes_over_time(sizes: pd.DataFrame, flows: pd.DataFrame) -> pd.DataFrame:
@@ -240,11 +256,14 @@ def panels(snapshot: Snapshot) -> dict[str, object]:
         "quarantine": _table(snapshot.quarantine, "quarantine-table")
         if not snapshot.quarantine.empty
         else _note("nothing quarantined"),
+        "drift": _table(snapshot.alarms, "drift-table")
+        if not snapshot.alarms.empty
+        else _note("no drift alarms (`flo-seg monitor` checks for them)"),
     }
 
 
 _GRAPHS = ("sizes-chart", "sizes-over-time", "changes-per-minute", "migration", "clv-chart")
-_BLOCKS = ("model", "status", "sizes-table", "profiles", "recent", "quarantine")
+_BLOCKS = ("model", "status", "sizes-table", "profiles", "recent", "quarantine", "drift")
 
 
 def build_app(lake: LakeSettings, refresh_seconds: float) -> Dash:
@@ -267,6 +286,7 @@ def build_app(lake: LakeSettings, refresh_seconds: float) -> Dash:
             section("Profiles and actions", html.Div(id="profiles")),
             section("Latest segment changes", html.Div(id="recent")),
             section("Quarantine", html.Div(id="quarantine")),
+            section("Drift alarms", html.Div(id="drift")),
         ]
     )
     outputs = [Output(i, "figure") for i in _GRAPHS] + [Output(i, "children") for i in _BLOCKS]

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass as plain_dataclass
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -38,6 +39,7 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 ORDERS_TOPIC = "flo.orders"
 SEGMENT_CHANGES_TOPIC = "flo.segment-changes"
 AUDIENCE_CHANGES_TOPIC = "flo.audience-changes"
+DRIFT_ALARMS_TOPIC = "flo.drift-alarms"
 DEFAULT_DEDUPE_WINDOW = "24 hours"
 
 ENV_PREFIX = "FLO_"
@@ -129,6 +131,8 @@ class KafkaSettings:
     changes_topic: str = SEGMENT_CHANGES_TOPIC
     # '' : the stream does not publish who joins or leaves an audience.
     audience_changes_topic: str = AUDIENCE_CHANGES_TOPIC
+    # '' : `flo-seg monitor` does not publish its drift alarms.
+    drift_alarms_topic: str = DRIFT_ALARMS_TOPIC
     # Kafka client settings by their own names (security.protocol, sasl.mechanism, ...).
     options: dict[str, str] = Field(default_factory=dict)
     # A properties file of client settings, read when the client starts (keeps secrets out of flags);
@@ -204,6 +208,28 @@ class ProduceOptions:
     malformed_share: Share = 0.0  # one of MALFORMED_KINDS, uniformly
     late_share: Share = 0.0  # orders whose order_ts is 1-30 days before the current event time
     event_seconds: NonNegative = 60.0  # mean event-time gap between consecutive orders, simulated
+    # A shifted stream (the drift alarm's test, a sale season): baskets times this, every order on `channel`.
+    basket_factor: PositiveFinite = 1.0
+    channel: Literal["Android App", "Ios App", "Desktop", "Mobile", "Offline"] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRICT)
+class MonitorOptions:
+    """How `flo-seg monitor` checks for drift (`[monitor]`, `FLO_MONITOR_*`; batch/drift.py)."""
+
+    # Seconds between two checks.
+    interval_seconds: PositiveFinite = 300.0
+    # Customers the stream updated within this many minutes (and since the model was trained) are compared.
+    window_minutes: PositiveFinite = 60.0
+    # A feature whose population stability index exceeds this raises an alarm (0.25: a significant shift).
+    psi_threshold: PositiveFinite = 0.25
+    # A segment whose share of all customers moved more than this (absolute) raises an alarm.
+    share_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
+    # Features are judged on at least this many recently updated customers.
+    min_customers: Positive = 200
+    # Retrain (`train --from-lake`) after an alarm, at most once per this many minutes.
+    auto_retrain: bool = False
+    retrain_cooldown_minutes: NonNegative = 60.0
 
 
 class Settings(BaseModel):
@@ -217,6 +243,7 @@ class Settings(BaseModel):
     train: TrainSettings = TrainSettings()
     stream: StreamOptions = StreamOptions()
     produce: ProduceOptions = ProduceOptions()
+    monitor: MonitorOptions = MonitorOptions()
     # Audiences besides the two built-in campaign lists: name = SQL predicate over customer_segments'
     # columns (`[audiences]` in the file; batch/audiences.py).
     audiences: dict[str, str] = Field(default_factory=dict)
@@ -411,6 +438,8 @@ def parse_setting(key: str, text: str) -> Any:
 def choices_of(key: str) -> tuple[str, ...] | None:
     """The values a Literal setting allows (argparse lists them and suggests the nearest), else None."""
     annotation = _field(key).annotation
+    if get_origin(annotation) in (Union, UnionType):  # an optional one: `Literal[...] | None`
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
     return tuple(get_args(annotation)) if get_origin(annotation) is Literal else None
 
 

@@ -380,8 +380,10 @@ def generate_events(
     is_online = u[3] < profiles.online_share[who]
     online_channel = profiles.online_channels[who, (u[4] < 0.5).astype(np.int64)]
     channel = np.where(is_online, online_channel, OFFLINE_CODE)
+    if settings.channel is not None:
+        channel = np.full(n, CHANNELS.index(settings.channel))
     noise = np.exp(AMOUNT_LOG_SIGMA * z - AMOUNT_LOG_SIGMA**2 / 2)
-    amount = np.maximum(np.round(profiles.avg_basket[who] * noise, 2), 0.01)
+    amount = np.maximum(np.round(profiles.avg_basket[who] * noise * settings.basket_factor, 2), 0.01)
     interests = profiles.category_mask[who]
     basket = interests & category_bits
     basket = np.where(basket == 0, interests, basket)

@@ -13,10 +13,17 @@ from pyspark.sql.streaming import StreamingQuery
 BatchHandler = Callable[[DataFrame, int], None]
 
 
-def publish_json(rows: DataFrame, *, topic: str, bootstrap_servers: str, kafka_options: Mapping[str, str]) -> None:
-    """Each row as a JSON value keyed by its master_id (at least once: the rows carry their dedupe key)."""
+def publish_json(
+    rows: DataFrame,
+    *,
+    topic: str,
+    bootstrap_servers: str,
+    kafka_options: Mapping[str, str],
+    key: str = "master_id",
+) -> None:
+    """Each row as a JSON value keyed by its `key` column (at least once: the rows carry their dedupe key)."""
     payload = rows.select(
-        F.col("master_id").alias("key"),
+        F.col(key).alias("key"),
         F.to_json(F.struct(*[F.col(c) for c in rows.columns])).alias("value"),
     )
     writer = payload.write.format("kafka").option("kafka.bootstrap.servers", bootstrap_servers)

@@ -17,9 +17,11 @@ import pytest
 from pyspark.sql import SparkSession
 from werkzeug.serving import make_server
 
+from batch.drift import Measurement
 from batch.lake import read_table
 from flo_seg import dashboard
 from flo_seg.settings import LakeSettings
+from streaming.monitor import Check, MonitorSettings, record_alarms
 
 CHROMIUM = shutil.which("chromium")
 
@@ -121,6 +123,7 @@ def test_the_page_shows_the_lakes_segments_and_follows_its_changes(
     assert f"model {model}" in page and f"{sum(counts.values()):,} customers" in page
     for title in ("Who moved where", "Lifetime value and churn risk", "Profiles and actions", "Quarantine"):
         assert title in page
+    assert "no drift alarms" in page
     assert len(reads) >= 2, "the page did not read the lake again by itself"
 
     # The stream's compaction rewrites customer_segments; the page shows the new counts.
@@ -128,5 +131,24 @@ def test_the_page_shows_the_lakes_segments_and_follows_its_changes(
     target = sorted(counts)[-1]
     path = lake.table("customer_segments")
     spark.sql(f"UPDATE delta.`{path}` SET segment = '{target}' WHERE segment = '{moved}'")
-    after = sizes_shown(rendered(browser, url))
+    # And `flo-seg monitor` records a drift alarm: the page lists it.
+    alarm = Measurement(
+        kind="feature", name="avg_order_value", statistic="psi", value=0.61, threshold=0.25, customers=321
+    )
+    check = Check(
+        model_version=model,
+        window_start=dt.datetime(2021, 6, 1, 9, 0),
+        detected_at=dt.datetime(2021, 6, 1, 10, 0),
+        recent_customers=321,
+        measurements=(alarm,),
+    )
+    record_alarms(spark, lake, MonitorSettings(), check)
+    page = rendered(browser, url)
+    after = sizes_shown(page)
     assert after == {**{s: n for s, n in counts.items() if s != moved}, target: counts[target] + counts[moved]}
+    table = re.search(r'<table id="drift-table".*?</table>', page, re.DOTALL)
+    assert table is not None, page[-3000:]
+    assert re.search(
+        rf"<td>{model}</td><td>feature</td><td>avg_order_value</td><td>psi</td><td>0.6100</td><td>0.2500</td><td>321</td>",
+        table[0],
+    )
