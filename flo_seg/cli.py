@@ -784,7 +784,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.once:
         return run_monitor(spark, lake, monitor_settings, retrain)
-    check, version = monitor_once(spark, lake, monitor_settings, retrain)
+    check, version = monitor_once(spark, lake, monitor_settings, retrain, log_each=False)
     print(
         f"model {check.model_version}: {check.recent_customers} customers updated since "
         f"{check.window_start:%Y-%m-%d %H:%M:%S} UTC, {len(check.alarms)} alarm(s)"

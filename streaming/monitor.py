@@ -225,8 +225,13 @@ def monitor_once(
     settings: MonitorSettings,
     retrain: Retrain | None = None,
     now: dt.datetime | None = None,
+    *,
+    log_each: bool = True,
 ) -> tuple[Check, str | None]:
-    """One check: measure, log, record and publish the alarms, retrain if asked to. (check, new version)."""
+    """One check: measure, log, record and publish the alarms, retrain if asked to. (check, new version).
+
+    `log_each`: log every measurement (an alarm always is), for a caller that does not print them itself.
+    """
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     check = check_drift(spark, lake, settings, now)
     log.info(
@@ -237,8 +242,11 @@ def monitor_once(
         len(check.alarms),
     )
     for m in check.measurements:
-        (log.warning if m.is_alarm else log.info)("%s", describe(m))
-    for why in check.skipped:
+        if m.is_alarm:
+            log.warning("%s", describe(m))
+        elif log_each:
+            log.info("%s", describe(m))
+    for why in check.skipped if log_each else ():
         log.info("not measured: %s", why)
     record_alarms(spark, lake, settings, check)
     version = None
