@@ -312,3 +312,73 @@ def test_flo_seg_monitor_refuses_a_threshold_that_cannot_be(capsys: pytest.Captu
         cli.main(["monitor", "--psi-threshold", "-1"])
     assert stopped.value.code == 2
     assert "argument --psi-threshold: Input should be greater than 0" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_an_alarm_retrains_and_the_running_stream_scores_with_the_new_model(
+    spark: SparkSession, drift_lake: Path, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The whole loop with Kafka: a running stream, shifted orders, an alarm, the retrain, the hot reload."""
+    from streaming_support import fresh_topics, send
+    from test_streaming import wait_for
+
+    from batch.compact import compact_lake
+    from batch.train import run_train
+    from flo_seg.settings import TrainSettings
+    from streaming.job import StreamSettings, start_stream
+
+    shutil.copytree(drift_lake, tmp_path / "lake")
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    before = current_model_record(spark, lake)
+    profiles = load_profiles(spark, lake)
+
+    def orders(seed: int, **shift: object) -> list[tuple[bytes, bytes]]:
+        settings = ProduceSettings(seed=seed, new_customer_share=0.0, **shift)  # type: ignore[arg-type]
+        rng = np.random.default_rng(seed)
+        start = profiles.default_start_ts
+        return [
+            (p.key, p.value) for p in generate_events(profiles, settings, EVENTS, rng=rng, start_ts=start, seq_start=0)
+        ]
+
+    topics = fresh_topics(kafka_bootstrap)
+    stream_settings = StreamSettings(
+        bootstrap_servers=kafka_bootstrap,
+        checkpoint=str(tmp_path / "checkpoint"),
+        topic=topics[0],
+        changes_topic=None,
+        trigger_seconds=1.0,
+    )
+    query = start_stream(spark, lake, stream_settings)
+    try:
+        send(kafka_bootstrap, topics[0], orders(4, channel="Offline", basket_factor=4.0))
+        wait_for(lambda: read_table(spark, lake, "state_log").count() >= 200, what="the shifted orders in state_log")
+        query.processAllAvailable()
+
+        monitor = MonitorSettings(options=MonitorOptions(retrain_cooldown_minutes=0.0))
+        retrain = lambda: run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None).model_version  # noqa: E731
+        check, retrained = monitor_once(spark, lake, monitor, retrain=retrain)
+        assert {m.name for m in check.alarms} >= {"avg_order_value", "last_order_channel"}
+        assert retrained is not None and current_model_record(spark, lake).version == retrained != before.version
+
+        later = orders(5)
+        send(kafka_bootstrap, topics[0], later)
+        wait_for(
+            lambda: (
+                (read_table(spark, lake, "stream_clock").first() or {"model_version": None})["model_version"]
+                == retrained
+            ),
+            what="a micro-batch with the new model",
+        )
+        query.processAllAvailable()
+        assert query.exception() is None
+    finally:
+        query.stop()
+        compact_lake(spark, lake)
+    # The retrain scored everyone (through segment_log, source train); the stream's own rows for the later
+    # orders' customers, each customer's newest, are the new model's too: the running stream reloaded it.
+    touched = sorted({key.decode() for key, _ in later})
+    streamed = read_table(spark, lake, "segment_log").where(
+        (F.col("source") == "stream") & F.col("master_id").isin(touched)
+    )
+    newest = streamed.groupBy("master_id").agg(F.max_by("model_version", "state_seq").alias("model_version")).collect()
+    assert len(newest) == len(touched) and {r["model_version"] for r in newest} == {retrained}
