@@ -301,6 +301,9 @@ def run_train(
         )
         # Scores every customer once, into the cache that every output below reads.
         summary.segments = {r["segment"]: r["count"] for r in scored.groupBy("segment").count().collect()}
+        # What drift checks compare with: the sample's features, every customer's segment (before any write,
+        # so a failure here leaves no tables behind under a version that never becomes current).
+        record = replace(record, drift=drift_reference(drift_pdf, summary.segments))
         warn_small_segments(summary.segments, settings.min_segment_share)
         checked = validated if history_path is not None else None
         writes: dict[str, Callable[[], object]] = {
@@ -325,10 +328,9 @@ def run_train(
         if previous is not None:
             writes[SEGMENT_CHANGES] = lambda: record_moves(spark, lake, previous, scored, now)
         write_concurrently(writes, step)
-        # Last: the version becomes current only once its segments are written. Drift checks compare
-        # with the sample's features and every customer's segment.
+        # Last: the version becomes current only once its segments are written.
         with step("model registry"):
-            publish_model(spark, lake, replace(record, drift=drift_reference(drift_pdf, summary.segments)))
+            publish_model(spark, lake, record)
     scored.unpersist()
     features.unpersist()
     if history_path is not None:

@@ -491,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
         monitor,
         "--retrain-cooldown-minutes",
         key="monitor.retrain_cooldown_minutes",
-        help="retrain at most once per this many minutes, counted from the current model's training",
+        help="retrain at most once per this many minutes, counted from the current model's training or the "
+        "monitor's last attempt",
     )
 
     config = command(
@@ -764,7 +765,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     from batch.drift import describe
     from batch.train import run_train
     from flo_seg.spark import build_session
-    from streaming.monitor import MonitorSettings, monitor_once, run_monitor
+    from streaming.monitor import MonitorSettings, Retrainer, monitor_once, run_monitor
 
     lake = _lake(settings)
     monitor_settings = MonitorSettings(
@@ -774,7 +775,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         kafka_options={f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
     )
     spark = build_session(_spark(settings, "monitor"))
-    retrain = None
+    retrainer = None
     if settings.monitor.auto_retrain:
         audiences = audience_definitions(settings.audiences)
         check_audiences(spark, audiences)
@@ -782,9 +783,11 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         def retrain() -> str:
             return run_train(spark, lake, settings.train, history_path=None, audiences=audiences).model_version
 
+        cooldown = dt.timedelta(minutes=settings.monitor.retrain_cooldown_minutes)
+        retrainer = Retrainer(retrain=retrain, cooldown=cooldown)
     if not args.once:
-        return run_monitor(spark, lake, monitor_settings, retrain)
-    check, version = monitor_once(spark, lake, monitor_settings, retrain, log_each=False)
+        return run_monitor(spark, lake, monitor_settings, retrainer)
+    check, version = monitor_once(spark, lake, monitor_settings, retrainer, log_each=False)
     print(
         f"model {check.model_version}: {check.recent_customers} customers updated since "
         f"{check.window_start:%Y-%m-%d %H:%M:%S} UTC, {len(check.alarms)} alarm(s)"

@@ -227,9 +227,10 @@ class MonitorOptions:
     share_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
     # Features are judged on at least this many recently updated customers.
     min_customers: Positive = 200
-    # Retrain (`train --from-lake`) after an alarm, at most once per this many minutes.
+    # Retrain (`train --from-lake`) after an alarm, at most once per this many minutes (counted from the
+    # current model's training or the last attempt): a day, so segments do not reshuffle by the hour.
     auto_retrain: bool = False
-    retrain_cooldown_minutes: NonNegative = 60.0
+    retrain_cooldown_minutes: NonNegative = 1440.0
 
 
 class Settings(BaseModel):

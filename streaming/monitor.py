@@ -2,9 +2,9 @@
 
 At each interval it compares the customers the stream updated recently (since the current model was
 trained, and within the window) and today's segment shares with the training snapshot stored with the
-model (batch/drift.py). A statistic beyond its threshold is an alarm: a row in `drift_alarms`, a log
-line, a JSON message on the alarms topic. With `auto_retrain`, an alarm runs `train --from-lake` in this
-process, at most once per cooldown (counted from the current model's training); the running stream
+model (batch/drift.py). A statistic beyond its threshold is an alarm: a row in `drift_alarms` (once per
+window while it lasts), a log line, a JSON message on the alarms topic. With `auto_retrain`, an alarm
+runs `train --from-lake` in this process, at most once per cooldown (`Retrainer`); the running stream
 picks up the new version by its hot reload and re-scores every customer with it.
 """
 
@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -71,6 +71,7 @@ class Check:
     recent_customers: int
     measurements: tuple[Measurement, ...]
     skipped: tuple[str, ...] = ()
+    has_reference: bool = True  # False: the model was trained before drift snapshots, nothing to compare with
 
     @property
     def alarms(self) -> tuple[Measurement, ...]:
@@ -78,21 +79,27 @@ class Check:
         return tuple(m for m in self.measurements if m.is_alarm)
 
 
-def recent_customers(spark: SparkSession, lake: LakeSettings, since: dt.datetime) -> DataFrame:
-    """The customers the stream updated since `since`, each in its newest state, with the drift features.
+def _utc(naive: dt.datetime) -> dt.datetime:
+    """A naive UTC time as an aware one, so Spark takes it as that instant whatever the process's zone."""
+    return naive.replace(tzinfo=dt.UTC)
 
-    Read from state_log's change feed from `since` on, so a check reads the window's commits only.
+
+def recent_customers(spark: SparkSession, lake: LakeSettings, since: dt.datetime) -> DataFrame:
+    """The customers the stream updated since `since` (naive UTC), each in its newest state, with the drift
+    features. Read from state_log's change feed from `since` on, so a check reads the window's commits only.
     """
     # A window that starts after the log's newest commit reads nothing instead of failing.
     spark.conf.set("spark.databricks.delta.changeDataFeed.timestampOutOfRange.enabled", "true")
     changes = (
         spark.read.format("delta")
         .option("readChangeFeed", "true")
-        .option("startingTimestamp", since.strftime("%Y-%m-%d %H:%M:%S"))
+        .option("startingTimestamp", _utc(since).isoformat())
         .load(lake.table(STATE_LOG))
     )
     rows = changes.where(
-        (F.col("_change_type") == "insert") & (F.col("source") == "stream") & (F.col("updated_at") >= F.lit(since))
+        (F.col("_change_type") == "insert")
+        & (F.col("source") == "stream")
+        & (F.col("updated_at") >= F.lit(_utc(since)))
     ).drop("_change_type", "_commit_timestamp", "batch_id", "source")
     newest = newest_per_customer(rows, ("state_seq",))
     return newest.transform(lambda df: with_customer_features(df, F.current_date())).select(
@@ -128,6 +135,7 @@ def check_drift(spark: SparkSession, lake: LakeSettings, settings: MonitorSettin
             recent_customers=0,
             measurements=(),
             skipped=(why,),
+            has_reference=False,
         )
     recent = (
         recent_customers(spark, lake, since).toPandas()
@@ -160,12 +168,13 @@ def check_drift(spark: SparkSession, lake: LakeSettings, settings: MonitorSettin
     )
 
 
-def alarm_rows(spark: SparkSession, check: Check) -> DataFrame:
-    """The check's alarms as `drift_alarms` rows."""
+def alarm_rows(spark: SparkSession, check: Check, alarms: Sequence[Measurement]) -> DataFrame:
+    """Alarms of a check as `drift_alarms` rows (its times are naive UTC; stored as such whatever the
+    process's time zone)."""
     rows = [
         (
             str(uuid.uuid4()),
-            check.detected_at,
+            _utc(check.detected_at),
             check.model_version,
             m.kind,
             m.name,
@@ -173,57 +182,104 @@ def alarm_rows(spark: SparkSession, check: Check) -> DataFrame:
             float(m.value),
             float(m.threshold),
             m.customers,
-            check.window_start,
+            _utc(check.window_start),
         )
-        for m in check.alarms
+        for m in alarms
     ]
     return spark.createDataFrame(rows, DRIFT_ALARMS_SCHEMA)
 
 
+def already_recorded(spark: SparkSession, lake: LakeSettings, check: Check, since: dt.datetime) -> set[tuple[str, str]]:
+    """(kind, name) of the alarms recorded for the check's model from `since` (naive UTC) on."""
+    if not table_exists(spark, lake, DRIFT_ALARMS):
+        return set()
+    recent = read_table(spark, lake, DRIFT_ALARMS).where(
+        (F.col("model_version") == check.model_version) & (F.col("detected_at") >= F.lit(_utc(since)))
+    )
+    return {(r["kind"], r["name"]) for r in recent.select("kind", "name").distinct().collect()}
+
+
 def record_alarms(spark: SparkSession, lake: LakeSettings, settings: MonitorSettings, check: Check) -> int:
-    """Write the check's alarms to drift_alarms, then publish them (keyed by model version); how many."""
-    if not check.alarms:
+    """Write the check's new alarms to drift_alarms, then publish them (keyed by model version); how many.
+
+    An alarm already recorded for the same model and statistic within the window is not recorded again
+    (one row per statistic per window while a drift lasts). A failed publish is logged: the Delta row is
+    the record, and the monitor carries on (its retrain does not wait for Kafka).
+    """
+    window = dt.timedelta(minutes=settings.options.window_minutes)
+    known = already_recorded(spark, lake, check, check.detected_at - window) if check.alarms else set()
+    new = [m for m in check.alarms if (m.kind, m.name) not in known]
+    for m in check.alarms:
+        if (m.kind, m.name) in known:
+            log.info(
+                "%s %s still beyond its threshold (recorded within the last %g minutes)",
+                m.kind,
+                m.name,
+                window.total_seconds() / 60,
+            )
+    if not new:
         return 0
     ensure_table(spark, lake, DRIFT_ALARMS)
-    rows = alarm_rows(spark, check).cache()
+    rows = alarm_rows(spark, check, new).cache()
     append_table(rows, lake, DRIFT_ALARMS)
     if settings.topic is not None and settings.bootstrap_servers is not None:
-        publish_json(
-            rows,
-            topic=settings.topic,
-            bootstrap_servers=settings.bootstrap_servers,
-            kafka_options=settings.kafka_options,
-            key="model_version",
-        )
+        try:
+            publish_json(
+                rows,
+                topic=settings.topic,
+                bootstrap_servers=settings.bootstrap_servers,
+                kafka_options=settings.kafka_options,
+                key="model_version",
+            )
+        except Exception:
+            log.exception(
+                "could not publish %d drift alarm(s) to %s; they are in %s", len(new), settings.topic, DRIFT_ALARMS
+            )
     rows.unpersist()
-    return len(check.alarms)
+    return len(new)
 
 
 Retrain = Callable[[], str]
 
 
-def maybe_retrain(record: ModelRecord, now: dt.datetime, cooldown: dt.timedelta, retrain: Retrain) -> str | None:
-    """Retrain unless the current model is younger than the cooldown; the new version, or None."""
-    age = now - record.trained_at
-    if age < cooldown:
+@dataclass(kw_only=True)
+class Retrainer:
+    """`train --from-lake` after an alarm, at most once per cooldown: counted from the later of the current
+    model's training and this monitor's last attempt, so a failed retrain waits for the cooldown too."""
+
+    retrain: Retrain
+    cooldown: dt.timedelta
+    last_attempt: dt.datetime | None = None
+
+    def __call__(self, record: ModelRecord, now: dt.datetime, why: str) -> str | None:
+        """Retrain for `why` unless within the cooldown; the new version, or None."""
+        since = max(record.trained_at, self.last_attempt or record.trained_at)
+        if now - since < self.cooldown:
+            log.warning(
+                "%s: not retraining, the last training of the lake was %.0f minutes ago (cooldown %.0f minutes)",
+                why,
+                (now - since).total_seconds() / 60,
+                self.cooldown.total_seconds() / 60,
+            )
+            return None
         log.warning(
-            "drift alarm: not retraining, model %s was trained %.0f minutes ago (cooldown %.0f minutes)",
-            record.version,
-            age.total_seconds() / 60,
-            cooldown.total_seconds() / 60,
+            "%s: retraining from the lake (model %s was trained %s UTC)", why, record.version, record.trained_at
         )
-        return None
-    log.warning("drift alarm: retraining from the lake (model %s was trained %s)", record.version, record.trained_at)
-    version = retrain()
-    log.info("retrained: model %s is current; the running stream reloads it and re-scores every customer", version)
-    return version
+        self.last_attempt = now
+        try:
+            version = self.retrain()
+        except Exception:
+            log.exception("the retrain failed; the next attempt waits %.0f minutes", self.cooldown.total_seconds() / 60)
+            return None
+        log.info("retrained: model %s is current; the running stream reloads it and re-scores every customer", version)
+        return version
 
 
 def monitor_once(
     spark: SparkSession,
     lake: LakeSettings,
     settings: MonitorSettings,
-    retrain: Retrain | None = None,
+    retrainer: Retrainer | None = None,
     now: dt.datetime | None = None,
     *,
     log_each: bool = True,
@@ -249,15 +305,17 @@ def monitor_once(
     for why in check.skipped if log_each else ():
         log.info("not measured: %s", why)
     record_alarms(spark, lake, settings, check)
+    if not check.has_reference:
+        log.warning("model %s has no training snapshot: drift cannot be checked until a retrain", check.model_version)
     version = None
-    if check.alarms and retrain is not None:
-        cooldown = dt.timedelta(minutes=settings.options.retrain_cooldown_minutes)
-        version = maybe_retrain(current_model_record(spark, lake), now, cooldown, retrain)
+    if retrainer is not None and (check.alarms or not check.has_reference):
+        why = "drift alarm" if check.alarms else "no training snapshot"
+        version = retrainer(current_model_record(spark, lake), now, why)
     return check, version
 
 
 def run_monitor(
-    spark: SparkSession, lake: LakeSettings, settings: MonitorSettings, retrain: Retrain | None = None
+    spark: SparkSession, lake: LakeSettings, settings: MonitorSettings, retrainer: Retrainer | None = None
 ) -> int:
     """Check at the interval until SIGINT / SIGTERM; a failed check is logged and the next one runs."""
     stopping = threading.Event()
@@ -273,12 +331,12 @@ def run_monitor(
         lake.root,
         settings.options.interval_seconds,
         settings.options.window_minutes,
-        ", auto-retrain" if retrain else "",
+        ", auto-retrain" if retrainer else "",
     )
     failures = 0
     while not stopping.is_set():
         try:
-            monitor_once(spark, lake, settings, retrain)
+            monitor_once(spark, lake, settings, retrainer)
         except Exception:
             failures += 1
             log.exception("drift check failed; trying again in %gs", settings.options.interval_seconds)

@@ -20,6 +20,7 @@ from batch.drift import (
     OTHER,
     SMOOTHING,
     DriftReference,
+    Measurement,
     Thresholds,
     drift_reference,
     feature_bins,
@@ -32,7 +33,7 @@ from batch.registry import ModelRecord, current_model_record
 from flo_seg.settings import LakeSettings, MonitorOptions, choices_of
 from schemas.history import CHANNELS
 from schemas.tables import MODELS_SCHEMA
-from streaming.monitor import MonitorSettings, maybe_retrain, monitor_once, window_start
+from streaming.monitor import Check, MonitorSettings, Retrainer, alarm_rows, monitor_once, record_alarms, window_start
 from streaming.produce import ProduceSettings, generate_events, load_profiles
 
 
@@ -104,19 +105,53 @@ def test_the_window_starts_at_the_training_when_that_is_later() -> None:
     assert window_start(record, dt.datetime(2026, 1, 1, 15, 0), hour) == dt.datetime(2026, 1, 1, 14, 0)
 
 
-def test_a_retrain_waits_for_the_cooldown_since_the_current_training() -> None:
+def test_a_retrain_waits_for_the_cooldown_since_the_training_or_the_last_attempt() -> None:
     record = _record(trained_at=dt.datetime(2026, 1, 1, 12, 0))
-    calls: list[int] = []
+    calls: list[dt.datetime] = []
+    failing = True
 
     def retrain() -> str:
-        calls.append(1)
+        calls.append(dt.datetime.now())
+        if failing:
+            raise RuntimeError("the lake is not reachable")
         return "v2"
 
-    cooldown = dt.timedelta(minutes=60)
-    assert maybe_retrain(record, dt.datetime(2026, 1, 1, 12, 59), cooldown, retrain) is None
+    retrainer = Retrainer(retrain=retrain, cooldown=dt.timedelta(minutes=60))
+    at = dt.datetime(2026, 1, 1, 12, 0)
+    assert retrainer(record, at + dt.timedelta(minutes=59), "drift alarm") is None  # within the cooldown
     assert calls == []
-    assert maybe_retrain(record, dt.datetime(2026, 1, 1, 13, 1), cooldown, retrain) == "v2"
-    assert calls == [1]
+    # After it: an attempt, which fails; the monitor carries on (None) and the next attempt waits again.
+    assert retrainer(record, at + dt.timedelta(minutes=61), "drift alarm") is None
+    assert len(calls) == 1
+    assert retrainer(record, at + dt.timedelta(minutes=90), "drift alarm") is None
+    assert len(calls) == 1
+    failing = False
+    assert retrainer(record, at + dt.timedelta(minutes=122), "drift alarm") == "v2"
+    assert len(calls) == 2
+
+
+def test_alarm_times_are_stored_as_utc_whatever_the_process_time_zone(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    alarm = Measurement(kind="feature", name="avg_order_value", statistic="psi", value=1.0, threshold=0.25, customers=9)
+    check = Check(
+        model_version="v1",
+        window_start=dt.datetime(2026, 1, 1, 11, 0),
+        detected_at=dt.datetime(2026, 1, 1, 12, 0),
+        recent_customers=9,
+        measurements=(alarm,),
+    )
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        rows = alarm_rows(spark, check, check.alarms)
+        shown = rows.select(F.date_format("detected_at", "HH:mm"), F.date_format("window_start", "HH:mm")).first()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert tuple(shown) == ("12:00", "11:00")  # type: ignore[arg-type]
 
 
 def test_a_shifted_stream_has_every_order_on_one_channel_and_baskets_scaled() -> None:
@@ -216,7 +251,8 @@ def test_usual_orders_raise_no_alarm(spark: SparkSession, drift_lake: Path, tmp_
     lake = LakeSettings(root=str(tmp_path / "lake"))
     touched = _stream(spark, lake, tmp_path, 1)
 
-    check, retrained = monitor_once(spark, lake, _settings(), retrain=lambda: pytest.fail("no alarm, no retrain"))
+    never = Retrainer(retrain=lambda: pytest.fail("no alarm, no retrain"), cooldown=dt.timedelta(0))
+    check, retrained = monitor_once(spark, lake, _settings(), never)
     measured = {m.name: m for m in check.measurements}
     assert check.recent_customers == len(set(touched)) >= MonitorOptions().min_customers
     assert measured["avg_order_value"].value < 0.1, measured
@@ -250,7 +286,8 @@ def test_offline_orders_four_times_the_usual_basket_raise_alarms_and_a_retrain_t
         return run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None).model_version
 
     # The fixture's model is minutes old: with the default cooldown the alarm does not retrain.
-    check, retrained = monitor_once(spark, lake, settings, retrain=retrain)
+    cooldown = dt.timedelta(minutes=MonitorOptions().retrain_cooldown_minutes)
+    check, retrained = monitor_once(spark, lake, settings, Retrainer(retrain=retrain, cooldown=cooldown))
     assert retrained is None
     assert {(m.kind, m.name) for m in check.alarms} >= {
         ("feature", "avg_order_value"),
@@ -270,14 +307,16 @@ def test_offline_orders_four_times_the_usual_basket_raise_alarms_and_a_retrain_t
     assert sorted(p["alarm_id"] for _, p in published) == sorted(r["alarm_id"] for r in alarms)
     assert {key for key, _ in published} == {before.version}
 
-    # No cooldown: the alarm retrains from the lake, and the new version is current.
-    settings = replace(settings, options=MonitorOptions(retrain_cooldown_minutes=0.0))
-    check, retrained = monitor_once(spark, lake, settings, retrain=retrain)
+    # No cooldown: the alarm retrains from the lake, and the new version is current. The alarms are
+    # recorded within the window already: not again.
+    immediate = Retrainer(retrain=retrain, cooldown=dt.timedelta(0))
+    check, retrained = monitor_once(spark, lake, settings, immediate)
+    assert read_table(spark, lake, "drift_alarms").count() == len(alarms)
     assert check.alarms and retrained is not None and retrained != before.version
     after = current_model_record(spark, lake)
     assert after.version == retrained and after.drift is not None
     # Its snapshot holds the shifted customers: the window starts at its training, so nothing is judged yet.
-    check, retrained = monitor_once(spark, lake, settings, retrain=retrain)
+    check, retrained = monitor_once(spark, lake, settings, immediate)
     assert check.recent_customers == 0 and not [m for m in check.measurements if m.kind == "feature"]
     assert retrained is None
 
@@ -354,9 +393,12 @@ def test_an_alarm_retrains_and_the_running_stream_scores_with_the_new_model(
         wait_for(lambda: read_table(spark, lake, "state_log").count() >= 200, what="the shifted orders in state_log")
         query.processAllAvailable()
 
-        monitor = MonitorSettings(options=MonitorOptions(retrain_cooldown_minutes=0.0))
-        retrain = lambda: run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None).model_version  # noqa: E731
-        check, retrained = monitor_once(spark, lake, monitor, retrain=retrain)
+        monitor = MonitorSettings(options=MonitorOptions())
+        retrainer = Retrainer(
+            retrain=lambda: run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=None).model_version,
+            cooldown=dt.timedelta(0),
+        )
+        check, retrained = monitor_once(spark, lake, monitor, retrainer)
         assert {m.name for m in check.alarms} >= {"avg_order_value", "last_order_channel"}
         assert retrained is not None and current_model_record(spark, lake).version == retrained != before.version
 
@@ -382,3 +424,49 @@ def test_an_alarm_retrains_and_the_running_stream_scores_with_the_new_model(
     )
     newest = streamed.groupBy("master_id").agg(F.max_by("model_version", "state_seq").alias("model_version")).collect()
     assert len(newest) == len(touched) and {r["model_version"] for r in newest} == {retrained}
+
+
+def test_an_alarm_that_cannot_be_published_is_recorded_and_the_monitor_carries_on(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    alarm = Measurement(
+        kind="segment", name="champions", statistic="share_shift", value=0.3, threshold=0.1, customers=99
+    )
+    check = Check(
+        model_version="v1",
+        window_start=dt.datetime(2026, 1, 1, 11, 0),
+        detected_at=dt.datetime(2026, 1, 1, 12, 0),
+        recent_customers=0,
+        measurements=(alarm,),
+    )
+    nowhere = MonitorSettings(
+        bootstrap_servers="127.0.0.1:1", topic="flo.drift-alarms", kafka_options={"kafka.max.block.ms": "2000"}
+    )
+    assert record_alarms(spark, lake, nowhere, check) == 1
+    assert "could not publish 1 drift alarm(s) to flo.drift-alarms" in caplog.text
+    assert [r["name"] for r in read_table(spark, lake, "drift_alarms").collect()] == ["champions"]
+    # The same alarm again within the window: not recorded twice; after the window: recorded again.
+    assert record_alarms(spark, lake, nowhere, replace(check, detected_at=dt.datetime(2026, 1, 1, 12, 30))) == 0
+    assert record_alarms(spark, lake, nowhere, replace(check, detected_at=dt.datetime(2026, 1, 1, 13, 30))) == 1
+    assert read_table(spark, lake, "drift_alarms").count() == 2
+
+
+def test_a_model_without_a_snapshot_is_retrained_to_get_one(
+    spark: SparkSession, trained_lake: Path, tmp_path: Path
+) -> None:
+    from batch.registry import publish_model
+
+    shutil.copytree(trained_lake, tmp_path / "lake")
+    lake = LakeSettings(root=str(tmp_path / "lake"))
+    publish_model(spark, lake, replace(current_model_record(spark, lake), drift=None))  # as trained before drift checks
+    calls: list[int] = []
+
+    def retrain() -> str:
+        calls.append(1)
+        return "v-new"
+
+    check, retrained = monitor_once(spark, lake, _settings(), Retrainer(retrain=retrain, cooldown=dt.timedelta(0)))
+    assert not check.has_reference and check.measurements == ()
+    assert "no training snapshot" in check.skipped[0]
+    assert (retrained, calls) == ("v-new", [1])
