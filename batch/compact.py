@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pyspark.sql import functions as F
 from batch.lake import append_table, ensure_table, overwrite_table, read_table, with_conflict_retry
 from flo_seg.faults import crash_point
 from flo_seg.settings import LakeSettings
+from flo_seg.stopping import stop_requested
 from schemas.tables import (
     COMPACTIONS,
     COMPACTIONS_SCHEMA,
@@ -271,14 +271,7 @@ def compact_until_stopped(
     cores from the micro-batches. Two compactions at once are safe: a MERGE only ever replaces a row
     with a newer one, and a conflict is retried.
     """
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping the compaction after the current round", signum)
-        stopping.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+    stopping = stop_requested("the compaction after the current round", log)
     log.info("compacting %s every %gs until stopped", lake.root, interval_s)
     compactor = Compactor(spark, lake, interval_s).start()
     orphaned = False

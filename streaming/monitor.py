@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import signal
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from batch.features import with_customer_features
 from batch.lake import append_table, ensure_table, read_table, table_exists
 from batch.registry import ModelRecord, current_model_record
 from flo_seg.settings import LakeSettings, MonitorOptions
+from flo_seg.stopping import stop_requested
 from schemas.tables import CUSTOMER_SEGMENTS, DRIFT_ALARMS, DRIFT_ALARMS_SCHEMA, STATE_LOG
 from streaming.sinks import publish_json
 
@@ -318,14 +317,7 @@ def run_monitor(
     spark: SparkSession, lake: LakeSettings, settings: MonitorSettings, retrainer: Retrainer | None = None
 ) -> int:
     """Check at the interval until SIGINT / SIGTERM; a failed check is logged and the next one runs."""
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping the monitor after the current check", signum)
-        stopping.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+    stopping = stop_requested("the monitor after the current check", log)
     log.info(
         "monitoring %s every %gs (window %g minutes%s)",
         lake.root,
