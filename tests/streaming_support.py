@@ -16,11 +16,13 @@ from kafka import KafkaProducer
 from pyspark.sql import SparkSession
 
 from batch.compact import compact_lake
+from batch.drift import Measurement
 from batch.generate import write_history_csv
 from batch.train import run_train
 from devstack.stack import TopicSpec, ensure_topics
 from flo_seg.settings import LakeSettings, TrainSettings
 from streaming.job import StreamSettings, start_stream
+from streaming.monitor import Check
 
 CHANNELS = ("Android App", "Ios App", "Desktop", "Mobile", "Offline")
 TZ = dt.timezone(dt.timedelta(hours=3))
@@ -193,3 +195,16 @@ def run_available_now(spark: SparkSession, lake: LakeSettings, settings: StreamS
     finally:
         query.stop()
         compact_lake(spark, lake)  # what a stopping `flo-seg stream` does
+
+
+def one_alarm(model_version: str, kind: str, name: str, value: float, detected_at: dt.datetime) -> Check:
+    """A drift check of `model_version` that found one alarm (psi for a feature, share_shift for a segment)."""
+    statistic, threshold = ("psi", 0.25) if kind == "feature" else ("share_shift", 0.1)
+    alarm = Measurement(kind=kind, name=name, statistic=statistic, value=value, threshold=threshold, customers=321)
+    return Check(
+        model_version=model_version,
+        window_start=detected_at - dt.timedelta(hours=1),
+        detected_at=detected_at,
+        recent_customers=321,
+        measurements=(alarm,),
+    )

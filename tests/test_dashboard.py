@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from streaming_support import one_alarm
 from werkzeug.serving import make_server
 
-from batch.drift import Measurement
 from batch.lake import read_table
 from flo_seg import dashboard
 from flo_seg.settings import LakeSettings
-from streaming.monitor import Check, MonitorSettings, record_alarms
+from streaming.monitor import MonitorSettings, record_alarms
 
 CHROMIUM = shutil.which("chromium")
 
@@ -132,16 +132,7 @@ def test_the_page_shows_the_lakes_segments_and_follows_its_changes(
     path = lake.table("customer_segments")
     spark.sql(f"UPDATE delta.`{path}` SET segment = '{target}' WHERE segment = '{moved}'")
     # And `flo-seg monitor` records a drift alarm: the page lists it.
-    alarm = Measurement(
-        kind="feature", name="avg_order_value", statistic="psi", value=0.61, threshold=0.25, customers=321
-    )
-    check = Check(
-        model_version=model,
-        window_start=dt.datetime(2021, 6, 1, 9, 0),
-        detected_at=dt.datetime(2021, 6, 1, 10, 0),
-        recent_customers=321,
-        measurements=(alarm,),
-    )
+    check = one_alarm(model, "feature", "avg_order_value", 0.61, dt.datetime(2021, 6, 1, 10, 0))
     record_alarms(spark, lake, MonitorSettings(), check)
     page = rendered(browser, url)
     after = sizes_shown(page)

@@ -20,7 +20,6 @@ from batch.drift import (
     OTHER,
     SMOOTHING,
     DriftReference,
-    Measurement,
     Thresholds,
     drift_reference,
     feature_bins,
@@ -33,7 +32,7 @@ from batch.registry import ModelRecord, current_model_record
 from flo_seg.settings import LakeSettings, MonitorOptions, choices_of
 from schemas.history import CHANNELS
 from schemas.tables import MODELS_SCHEMA
-from streaming.monitor import Check, MonitorSettings, Retrainer, alarm_rows, monitor_once, record_alarms, window_start
+from streaming.monitor import MonitorSettings, Retrainer, alarm_rows, monitor_once, record_alarms, window_start
 from streaming.produce import ProduceSettings, generate_events, load_profiles
 
 
@@ -135,14 +134,9 @@ def test_alarm_times_are_stored_as_utc_whatever_the_process_time_zone(
 ) -> None:
     import time
 
-    alarm = Measurement(kind="feature", name="avg_order_value", statistic="psi", value=1.0, threshold=0.25, customers=9)
-    check = Check(
-        model_version="v1",
-        window_start=dt.datetime(2026, 1, 1, 11, 0),
-        detected_at=dt.datetime(2026, 1, 1, 12, 0),
-        recent_customers=9,
-        measurements=(alarm,),
-    )
+    from streaming_support import one_alarm
+
+    check = one_alarm("v1", "feature", "avg_order_value", 1.0, dt.datetime(2026, 1, 1, 12, 0))
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
@@ -429,17 +423,10 @@ def test_an_alarm_retrains_and_the_running_stream_scores_with_the_new_model(
 def test_an_alarm_that_cannot_be_published_is_recorded_and_the_monitor_carries_on(
     spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from streaming_support import one_alarm
+
     lake = LakeSettings(root=str(tmp_path / "lake"))
-    alarm = Measurement(
-        kind="segment", name="champions", statistic="share_shift", value=0.3, threshold=0.1, customers=99
-    )
-    check = Check(
-        model_version="v1",
-        window_start=dt.datetime(2026, 1, 1, 11, 0),
-        detected_at=dt.datetime(2026, 1, 1, 12, 0),
-        recent_customers=0,
-        measurements=(alarm,),
-    )
+    check = one_alarm("v1", "segment", "champions", 0.3, dt.datetime(2026, 1, 1, 12, 0))
     nowhere = MonitorSettings(
         bootstrap_servers="127.0.0.1:1", topic="flo.drift-alarms", kafka_options={"kafka.max.block.ms": "2000"}
     )
