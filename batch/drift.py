@@ -98,7 +98,11 @@ def feature_bins(values: pd.Series, feature: str) -> FeatureBins:
     else:
         quantiles = np.quantile(present.to_numpy(dtype=np.float64), np.linspace(0, 1, BINS + 1)[1:-1])
         bins = FeatureBins(feature=feature, edges=tuple(float(e) for e in np.unique(quantiles)), proportions=())
-    shares = smoothed_shares(bins.counts(present))
+    counts = bins.counts(present)
+    if feature not in CATEGORICAL_DRIFT_FEATURES and np.count_nonzero(counts) < 2:
+        # e.g. 95% of the values equal: the deciles collapse to one edge, every larger value shares its bin.
+        raise ValueError(f"{feature}: the training values fill only one bin (edges {bins.edges})")
+    shares = smoothed_shares(counts)
     return FeatureBins(
         feature=feature,
         edges=bins.edges,
@@ -216,8 +220,9 @@ def bins_rows(reference: DriftReference) -> list[dict[str, object]]:
 def reference_from_columns(
     rows: Sequence[Mapping[str, Any]] | None, shares: Mapping[str, float] | None
 ) -> DriftReference | None:
-    """The reference stored in a `models` row; None for a version trained before drift references."""
-    if not rows:
+    """The reference stored in a `models` row; None for a version trained before drift references (an empty
+    `rows` is a reference whose features could not be binned: its segment shares are still checked)."""
+    if rows is None and shares is None:
         return None
     bins = tuple(
         FeatureBins(
@@ -226,7 +231,7 @@ def reference_from_columns(
             categories=None if row.get("categories") is None else tuple(str(c) for c in row["categories"]),
             proportions=tuple(float(p) for p in row["proportions"]),
         )
-        for row in rows
+        for row in rows or ()
     )
     return DriftReference(bins=bins, segment_shares={k: float(v) for k, v in (shares or {}).items()})
 

@@ -103,7 +103,8 @@ class ModelRecord:
             trained_at=row["trained_at"],
             clv=ClvModel.from_map(row.asDict().get("clv_params")),
             drift=reference_from_columns(
-                [b.asDict() for b in row.asDict().get("drift_bins") or []], row.asDict().get("segment_shares")
+                None if row.asDict().get("drift_bins") is None else [b.asDict() for b in row["drift_bins"]],
+                row.asDict().get("segment_shares"),
             ),
         )
 

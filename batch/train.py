@@ -301,8 +301,8 @@ def run_train(
         )
         # Scores every customer once, into the cache that every output below reads.
         summary.segments = {r["segment"]: r["count"] for r in scored.groupBy("segment").count().collect()}
-        # What drift checks compare with: the sample's features, every customer's segment (before any write,
-        # so a failure here leaves no tables behind under a version that never becomes current).
+        # What drift checks compare with: the sample's features, every customer's segment (before the table
+        # writes, so a failure here does not leave them written under a version that never becomes current).
         record = replace(record, drift=drift_reference(drift_pdf, summary.segments))
         warn_small_segments(summary.segments, settings.min_segment_share)
         checked = validated if history_path is not None else None

@@ -772,7 +772,12 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         options=settings.monitor,
         bootstrap_servers=settings.kafka.bootstrap_servers,
         topic=settings.kafka.drift_alarms_topic or None,
-        kafka_options={f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
+        # A broker that does not answer fails the alarm's publish in 10 s (it is logged, the monitor carries
+        # on), not in the client's default minute per attempt; a `max.block.ms` in the settings wins.
+        kafka_options={
+            "kafka.max.block.ms": "10000",
+            **{f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
+        },
     )
     spark = build_session(_spark(settings, "monitor"))
     retrainer = None
@@ -798,6 +803,9 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  not measured: {why}")
     if version is not None:
         print(f"retrained: model {version} is current")
+    if retrainer is not None and retrainer.failures:
+        print("the retrain failed (see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -220,21 +220,23 @@ def record_alarms(spark: SparkSession, lake: LakeSettings, settings: MonitorSett
         return 0
     ensure_table(spark, lake, DRIFT_ALARMS)
     rows = alarm_rows(spark, check, new).cache()
-    append_table(rows, lake, DRIFT_ALARMS)
-    if settings.topic is not None and settings.bootstrap_servers is not None:
-        try:
-            publish_json(
-                rows,
-                topic=settings.topic,
-                bootstrap_servers=settings.bootstrap_servers,
-                kafka_options=settings.kafka_options,
-                key="model_version",
-            )
-        except Exception:
-            log.exception(
-                "could not publish %d drift alarm(s) to %s; they are in %s", len(new), settings.topic, DRIFT_ALARMS
-            )
-    rows.unpersist()
+    try:
+        append_table(rows, lake, DRIFT_ALARMS)
+        if settings.topic is not None and settings.bootstrap_servers is not None:
+            try:
+                publish_json(
+                    rows,
+                    topic=settings.topic,
+                    bootstrap_servers=settings.bootstrap_servers,
+                    kafka_options=settings.kafka_options,
+                    key="model_version",
+                )
+            except Exception:
+                log.exception(
+                    "could not publish %d drift alarm(s) to %s (they are in %s)", len(new), settings.topic, DRIFT_ALARMS
+                )
+    finally:
+        rows.unpersist()
     return len(new)
 
 
@@ -249,6 +251,7 @@ class Retrainer:
     retrain: Retrain
     cooldown: dt.timedelta
     last_attempt: dt.datetime | None = None
+    failures: int = 0  # retrains that raised (logged); `flo-seg monitor` exits non-zero after one
 
     def __call__(self, record: ModelRecord, now: dt.datetime, why: str) -> str | None:
         """Retrain for `why` unless within the cooldown; the new version, or None."""
@@ -268,6 +271,7 @@ class Retrainer:
         try:
             version = self.retrain()
         except Exception:
+            self.failures += 1
             log.exception("the retrain failed; the next attempt waits %.0f minutes", self.cooldown.total_seconds() / 60)
             return None
         log.info("retrained: model %s is current; the running stream reloads it and re-scores every customer", version)
@@ -333,5 +337,6 @@ def run_monitor(
             failures += 1
             log.exception("drift check failed; trying again in %gs", settings.options.interval_seconds)
         stopping.wait(settings.options.interval_seconds)
-    log.info("monitor stopped (%d failed checks)", failures)
-    return 1 if failures else 0
+    retrains_failed = retrainer.failures if retrainer else 0
+    log.info("monitor stopped (%d failed checks, %d failed retrains)", failures, retrains_failed)
+    return 1 if failures or retrains_failed else 0

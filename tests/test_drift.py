@@ -62,6 +62,22 @@ def test_numeric_bins_are_training_deciles_and_categories_keep_an_other_bin() ->
     assert OTHER not in channels.categories
 
 
+def test_a_feature_that_cannot_be_binned_is_left_out_and_the_shares_still_stored(spark: SparkSession) -> None:
+    n = 100
+    skewed = [10.0] * 95 + [50.0] * 5  # the deciles collapse to one edge: every basket >= 10 in one bin
+    for basket, channel in (([30.0] * n, ["Offline"] * n), (skewed, ["Mobile"] * n), ([None] * n, [None] * n)):
+        frame = pd.DataFrame({"avg_order_value": basket, "last_order_channel": channel})
+        reference = drift_reference(frame, {"a": 3, "b": 1})
+        assert "avg_order_value" not in [b.feature for b in reference.bins]
+        assert reference.segment_shares == {"a": 0.75, "b": 0.25}
+    # Nothing binnable at all: the reference is still one, with its shares (not "trained before drift").
+    record = replace(_record(trained_at=dt.datetime(2026, 1, 1)), drift=reference)
+    assert reference.bins == ()
+    row = spark.createDataFrame([record.to_row(is_current=True)], MODELS_SCHEMA).first()
+    assert row is not None
+    assert ModelRecord.from_row(row).drift == reference
+
+
 def test_features_are_not_judged_on_too_few_customers() -> None:
     reference = drift_reference(
         pd.DataFrame({"avg_order_value": np.arange(1.0, 101.0), "last_order_channel": ["Offline"] * 100}), {"a": 1}
@@ -121,7 +137,7 @@ def test_a_retrain_waits_for_the_cooldown_since_the_training_or_the_last_attempt
     assert calls == []
     # After it: an attempt, which fails; the monitor carries on (None) and the next attempt waits again.
     assert retrainer(record, at + dt.timedelta(minutes=61), "drift alarm") is None
-    assert len(calls) == 1
+    assert len(calls) == 1 and retrainer.failures == 1  # counted: `flo-seg monitor` exits 1
     assert retrainer(record, at + dt.timedelta(minutes=90), "drift alarm") is None
     assert len(calls) == 1
     failing = False
