@@ -446,12 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor",
         help="check for drift beside the stream: alarms to drift_alarms and Kafka, retrain with --auto-retrain",
     )
-    _setting(
-        monitor,
-        "--bootstrap-servers",
-        key="kafka.bootstrap_servers",
-        help="Kafka brokers, host:port[,...]",
-    )
+    _kafka_client_flags(monitor)
     _setting(monitor, "--alarms-topic", key="kafka.drift_alarms_topic", help="drift alarms topic ('' to not publish)")
     _setting(monitor, "--interval-seconds", key="monitor.interval_seconds", help="seconds between two checks")
     monitor.add_argument("--once", action="store_true", help="check once, print the measurements and stop")
@@ -504,8 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _kafka_flags(parser: argparse.ArgumentParser) -> None:
-    _setting(parser, "--bootstrap-servers", key="kafka.bootstrap_servers", help="Kafka brokers, host:port[,...]")
+    """The client flags and the order events topic."""
+    _kafka_client_flags(parser)
     _setting(parser, "--topic", key="kafka.orders_topic", help="order events topic")
+
+
+def _kafka_client_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the brokers are and how to connect to them."""
+    _setting(parser, "--bootstrap-servers", key="kafka.bootstrap_servers", help="Kafka brokers, host:port[,...]")
     _setting(
         parser,
         "--kafka-option",
@@ -520,6 +521,11 @@ def _kafka_flags(parser: argparse.ArgumentParser) -> None:
         key="kafka.options_file",
         help="properties file of Kafka client settings (keeps secrets out of the command line)",
     )
+
+
+def _spark_kafka_options(settings: Settings) -> dict[str, str]:
+    """The Kafka client settings as Spark's Kafka source and sink take them (`kafka.` before each name)."""
+    return {f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()}
 
 
 def _lake(settings: Settings) -> LakeSettings:
@@ -744,7 +750,7 @@ def cmd_stream(args: argparse.Namespace, settings: Settings) -> int:
         topic=settings.kafka.orders_topic,
         changes_topic=settings.kafka.changes_topic or None,
         available_now=args.available_now,
-        kafka_options={f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
+        kafka_options=_spark_kafka_options(settings),
     )
     # FAIR: the background compaction gets its own pool, so it does not queue the micro-batches' jobs.
     spark = build_session(_spark(settings, "stream"), {"spark.scheduler.mode": "FAIR"})
@@ -774,10 +780,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         topic=settings.kafka.drift_alarms_topic or None,
         # A broker that does not answer fails the alarm's publish in 10 s (it is logged, the monitor carries
         # on), not in the client's default minute per attempt; a `max.block.ms` in the settings wins.
-        kafka_options={
-            "kafka.max.block.ms": "10000",
-            **{f"kafka.{k}": v for k, v in kafka_client_options(settings.kafka).items()},
-        },
+        kafka_options={"kafka.max.block.ms": "10000", **_spark_kafka_options(settings)},
     )
     spark = build_session(_spark(settings, "monitor"))
     retrainer = None
