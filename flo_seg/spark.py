@@ -48,13 +48,13 @@ def submitted_conf() -> dict[str, str]:
     return dict(SparkConf().getAll())
 
 
-def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = None) -> SparkSession:
-    """Create (or join) the process's SparkSession; nothing is downloaded at run time."""
-    submitted = submitted_conf()
-    builder = SparkSession.builder.appName(settings.app_name)
-    if settings.master and "spark.master" not in submitted:
-        builder = builder.master(settings.master)
-    # Defaults only fill gaps: a cluster's spark-defaults and spark-submit flags always win.
+def session_conf(
+    settings: SparkSettings, submitted: dict[str, str], extra_conf: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The conf a session is built with, given what spark-submit already set (`submitted`).
+
+    Defaults only fill gaps: a cluster's spark-defaults and spark-submit flags always win.
+    """
     conf = {k: v for k, v in _LOCAL_DEFAULTS.items() if k not in submitted}
     conf.update(_DELTA_CONF)
     conf.setdefault("spark.ui.enabled", "true" if settings.ui else "false")
@@ -64,22 +64,32 @@ def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = N
         conf["spark.driver.memory"] = settings.driver_memory
     if settings.executor_memory:
         conf["spark.executor.memory"] = settings.executor_memory
+    jars = [] if "spark.jars" in submitted else local_jars(settings.jars_dir)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(extra_conf or {})
+    return conf
+
+
+def build_session(settings: SparkSettings, extra_conf: dict[str, str] | None = None) -> SparkSession:
+    """Create (or join) the process's SparkSession; nothing is downloaded at run time."""
+    submitted = submitted_conf()
+    builder = SparkSession.builder.appName(settings.app_name)
+    if settings.master and "spark.master" not in submitted:
+        builder = builder.master(settings.master)
+    conf = session_conf(settings, submitted, extra_conf)
     master = submitted.get("spark.master") or settings.master or "local[*]"  # PySpark's own default
     if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         # Python workers (the lifetime-value UDF) run this interpreter, whose environment has the product's
         # packages, not the first `python3` on the PATH; PySpark reads the variable when the context starts.
         # On a cluster the deployment names the executors' Python (docs/deploy.md).
         os.environ["PYSPARK_PYTHON"] = sys.executable
-    jars = [] if "spark.jars" in submitted else local_jars(settings.jars_dir)
-    if jars:
-        conf["spark.jars"] = ",".join(jars)
-    conf.update(extra_conf or {})
     for key, value in conf.items():
         builder = builder.config(key, value)
     log.debug(
         "SparkSession %s: %d local jars, submitted conf keys %s",
         settings.app_name,
-        len(jars),
+        len(conf.get("spark.jars", "").split(",")) if "spark.jars" in conf else 0,
         sorted(submitted),
     )
     session = builder.getOrCreate()
