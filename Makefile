@@ -56,6 +56,18 @@ $(STATE_JAR): $(JARS)/spark/.resolved jvm/state/pom.xml $(shell find jvm/state/s
 .PHONY: setup
 setup: $(VENV)/.installed $(JARS)/spark/.resolved $(STATE_JAR) $(JARS)/kafka/.resolved ## Create .venv, install the project and resolve the JVM jars (idempotent)
 
+# The driver JVM's class archive (flo_seg/class_archive.py): every Spark driver the product starts maps
+# its classes from it, about 3 s sooner to its first Delta read on this machine (docs/benchmarks.md,
+# "Driver start-up"). Writing it takes ~45 s, so `make demo` builds it and `make test` does not: the
+# tests start one driver. Rewritten when the Python packages or the Spark jars change.
+CLASS_ARCHIVE := $(JARS)/driver-classes.jsa
+$(CLASS_ARCHIVE): $(VENV)/.installed $(JARS)/spark/.resolved $(STATE_JAR) flo_seg/class_archive.py
+	@echo "writing the driver JVM's class archive into $@ (faster Spark start-up)"
+	$(BIN)/python -m flo_seg.class_archive $(CURDIR)/$@
+
+.PHONY: class-archive
+class-archive: $(CLASS_ARCHIVE) ## Write the driver JVM's class archive: each flo-seg command's Spark starts ~3 s sooner
+
 # ---------------------------------------------------------------- quality
 .PHONY: lint
 lint: setup ## ruff + mypy
@@ -129,7 +141,7 @@ dashboard: setup ## The live dashboard over the demo's lake (DASHBOARD_LAKE=PATH
 	$(BIN)/flo-seg --lake $(DASHBOARD_LAKE) dashboard $(DASHBOARD_ARGS)
 
 .PHONY: demo
-demo: setup stack-up ## The whole product on built-in data: generate, train, stream + produce for a minute, report
+demo: setup class-archive stack-up ## The whole product on built-in data: generate, train, stream + produce for a minute, report
 	$(BIN)/python -m devstack.demo $(DEMO_ARGS)
 
 .PHONY: clean

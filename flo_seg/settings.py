@@ -93,6 +93,9 @@ class SparkSettings:
     master: str | None = None
     # Local folder of Delta + Kafka connector jars; ignored when spark-submit already passes --jars.
     jars_dir: Path | None = REPO_ROOT / ".jars" / "spark"
+    # The driver JVM's class archive that `make setup` writes (flo_seg/class_archive.py): a driver this
+    # process starts maps the classes from it instead of loading them, when it exists and fits this JVM.
+    class_archive: Path | None = REPO_ROOT / ".jars" / "driver-classes.jsa"
     shuffle_partitions: Positive | None = None
     driver_memory: str | None = None
     executor_memory: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ _DELTA_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+DRIVER_JAVA_OPTIONS = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={_LOG4J}"
 _LOCAL_DEFAULTS = {
     # Small-machine defaults; a cluster's spark-defaults or --conf flags win because they are set first.
     "spark.sql.shuffle.partitions": "8",
@@ -28,9 +30,20 @@ _LOCAL_DEFAULTS = {
     "spark.databricks.delta.autoCompact.enabled": "false",
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={_LOG4J}",
+    "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
     "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
 }
+
+
+def class_archive_options(archive: Path | None) -> str:
+    """JVM flags that map the driver's classes from `archive` (a CDS archive), or "" when there is none.
+
+    The JVM checks that the archive was written by the same JVM build for the same class path; one that
+    does not fit (another JDK, other Spark jars) is skipped without a message and classes load as usual.
+    """
+    if archive is None or not archive.is_file():
+        return ""
+    return f"-XX:SharedArchiveFile={shlex.quote(str(archive))} -Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
 def local_jars(jars_dir: Path | None) -> list[str]:
@@ -56,6 +69,11 @@ def session_conf(
     Defaults only fill gaps: a cluster's spark-defaults and spark-submit flags always win.
     """
     conf = {k: v for k, v in _LOCAL_DEFAULTS.items() if k not in submitted}
+    archive = class_archive_options(settings.class_archive)
+    if archive and not submitted:
+        # A driver JVM this process starts (under spark-submit the JVM already runs): about 3 s less to
+        # the first Delta read (docs/benchmarks.md, "Driver start-up").
+        conf["spark.driver.extraJavaOptions"] += f" {archive}"
     conf.update(_DELTA_CONF)
     conf.setdefault("spark.ui.enabled", "true" if settings.ui else "false")
     if settings.shuffle_partitions:
