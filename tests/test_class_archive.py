@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from flo_seg.settings import SparkSettings
-from flo_seg.spark import DRIVER_JAVA_OPTIONS, session_conf
+from flo_seg.spark import DRIVER_JAVA_OPTIONS, class_archive_options, session_conf
 
 DRIVER = "spark.driver.extraJavaOptions"
 
@@ -85,9 +86,18 @@ def delta_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -
     return table
 
 
-@pytest.mark.slow
-def test_an_archive_that_does_not_fit_is_ignored_without_a_word(delta_table: Path, tmp_path: Path) -> None:
-    # What a JDK upgrade or new Spark jars leave behind: the commands still run, and say nothing of it.
+def test_the_factorys_flags_keep_a_jvm_quiet_about_an_archive_that_does_not_fit(tmp_path: Path) -> None:
+    # What a JDK upgrade or new Spark jars leave behind: the JVM starts, and says nothing of it.
+    stale = _archive_of_another_class_path(tmp_path)
+    flags = shlex.split(class_archive_options(stale))
+    done = subprocess.run(["java", "-cp", str(tmp_path), *flags, "-version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    said = (done.stdout + done.stderr).lower()
+    assert "openjdk" in said and "archive" not in said and "cds" not in said, said
+
+
+@pytest.mark.integration
+def test_a_command_runs_and_says_nothing_with_an_archive_that_does_not_fit(delta_table: Path, tmp_path: Path) -> None:
     stale = _archive_of_another_class_path(tmp_path)
     done = _read_a_delta_table(stale, delta_table)
     assert done.returncode == 0, done.stderr[-2000:]
