@@ -6,12 +6,12 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans, KMeansModel
 from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -33,6 +33,8 @@ UNCENTRED = "uncentred_features"
 
 # Silhouettes closer than this to the best are a tie, which the smaller k wins (best_k).
 SILHOUETTE_TOLERANCE = 0.005
+# Spark's k-means stops once no center moves farther than this (Euclidean, in z-score units).
+KMEANS_TOL = 1e-4
 # Starts of each driver-side candidate fit: cheap there, and enough that a candidate's silhouette no
 # longer depends on the seed (with 3, the real data's k = 7 scored 0.339 or 0.373 by seed).
 CANDIDATE_STARTS = 10
@@ -48,6 +50,8 @@ class KCandidate:
     calinski_harabasz: float | None = None
     min_share: float | None = None
     refused: str | None = None
+    # The driver fit's centers (k × features): where the Spark fit of the chosen k starts. In memory only.
+    centers: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def feature_caps(features_df: DataFrame, quantile: float) -> dict[str, float]:
@@ -78,7 +82,7 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
             seed=seed,
             maxIter=max_iter,
             initSteps=2,
-            tol=1e-4,
+            tol=KMEANS_TOL,
         )
     if algorithm == "bisecting":
         return BisectingKMeans(
@@ -195,9 +199,15 @@ def score_candidate(
         cost = -float(model.score(points)) * len(points)
     else:
         cost = float(((points - model.cluster_centers_[labels]) ** 2).sum())
+    centers = np.asarray(model.means_ if algorithm == "gmm" else model.cluster_centers_, dtype=float)
     if found < 2:
         return KCandidate(
-            k=k, silhouette=None, cost=cost, min_share=float(shares.min()), refused="fewer than 2 clusters"
+            k=k,
+            silhouette=None,
+            cost=cost,
+            min_share=float(shares.min()),
+            refused="fewer than 2 clusters",
+            centers=centers,
         )
     return KCandidate(
         k=k,
@@ -205,6 +215,7 @@ def score_candidate(
         cost=cost,
         calinski_harabasz=float(calinski_harabasz_score(points, labels)),
         min_share=float(shares.min()),
+        centers=centers,
     )
 
 
@@ -274,6 +285,51 @@ def restart_seeds(seed: int, restarts: int) -> list[int]:
     return [seed + i * 7919 for i in range(restarts)]
 
 
+def kmeans_from_centers(prepared: DataFrame, centers: np.ndarray, *, seed: int, max_iter: int) -> KMeansModel:
+    """Spark's k-means on `prepared` (its one vector column), Lloyd's iterations started from `centers`.
+
+    Spark ML's KMeans has no initial-model parameter and starts from k-means||, which on the real data
+    needs 54-87 Lloyd iterations, one Spark job each. Spark's RDD-based KMeans takes initial centers: from
+    the driver's best start for this k it converges in a few iterations to the same optimum. Its result
+    becomes the Spark ML KMeansModel the pipeline saves and scoring loads, with the parameters set here.
+    """
+    from pyspark.mllib.common import callMLlibFunc
+    from pyspark.mllib.linalg import DenseVector as RDDVector
+    from pyspark.mllib.util import MLUtils
+
+    started = time.monotonic()
+    column = prepared.columns[0]
+    points = MLUtils.convertVectorColumnsFromML(prepared.select(column), column).rdd.map(lambda row: row[0])
+    trained = callMLlibFunc(
+        "trainKMeansModel",
+        points,
+        len(centers),
+        max_iter,
+        "k-means||",
+        seed,
+        2,
+        KMEANS_TOL,
+        [RDDVector(c) for c in centers],
+        "euclidean",
+    )
+    log.info(
+        "fit k=%d from the driver's centers: cost=%s iterations=%d (%.1fs)",
+        len(centers),
+        trained.trainingCost(),
+        trained.numIter(),
+        time.monotonic() - started,
+    )
+    jvm = prepared.sparkSession.sparkContext._jvm
+    assert jvm is not None
+    uid = jvm.org.apache.spark.ml.util.Identifiable.randomUID("KMeans")
+    model = KMeansModel(jvm.org.apache.spark.ml.clustering.KMeansModel(uid, trained))
+    estimator = clusterer("kmeans", len(centers), seed, max_iter)
+    for param, value in estimator.extractParamMap().items():
+        if model.hasParam(param.name):
+            model.set(model.getParam(param.name), value)
+    return model
+
+
 def fit_pipeline(
     train_df: DataFrame,
     caps: dict[str, float],
@@ -284,18 +340,25 @@ def fit_pipeline(
     max_iter: int,
     restarts: int = 1,
     good_enough: float | None = None,
+    initial_centers: np.ndarray | None = None,
 ) -> PipelineModel:
     """Fit the final pipeline on `train_df` (train uses a sample), keeping the lowest-cost of `restarts` fits.
 
     Clustering from one random start often stops in a local optimum, and a different seed then gives
     different segments; the best of a few starts lands in the same optimum far more often. A start whose
     cost is at most `good_enough` (train: the driver's best cost for this k, plus a little) ends the
-    restarts early. Centroids of a few features converge on tens of thousands of points, so the fit's
-    cost does not grow with the customer base; scoring every customer is one pass.
+    restarts early. With `initial_centers` (train: the driver's best of its starts for this k), k-means
+    takes one start from them instead. Centroids of a few features converge on tens of thousands of
+    points, so the fit's cost does not grow with the customer base; scoring every customer is one pass.
     """
     prep = Pipeline(stages=preprocessing_stages(caps, algorithm)).fit(train_df)
     prepared = prep.transform(train_df).select(fit_features(algorithm)).cache()
     try:
+        if algorithm == "kmeans" and initial_centers is not None:
+            if initial_centers.shape[0] != k:
+                raise ValueError(f"{initial_centers.shape[0]} initial centers for k={k}")
+            warm = kmeans_from_centers(prepared, initial_centers, seed=seed, max_iter=max_iter)
+            return PipelineModel(stages=[*prep.stages, warm])
         best, best_cost = None, float("inf")
         for s in restart_seeds(seed, restarts):
             started = time.monotonic()

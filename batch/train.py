@@ -267,6 +267,7 @@ def run_train(
             max_iter=settings.max_iter,
             restarts=settings.restarts,
             good_enough=good_enough,
+            initial_centers=reference.centers,
         )
         # Named from the sample's cluster profiles, so every customer is scored once, below.
         names = name_segments(cluster_profiles_z(score_clusters(pipeline, sample)))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pyspark.ml import Pipeline
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import DenseVector
@@ -30,6 +31,7 @@ from batch.model import (
     fit_pipeline,
     preprocessing_stages,
     sample_points,
+    score_candidate,
     score_clusters,
     select_k,
     squared_euclidean_silhouette,
@@ -139,6 +141,41 @@ def test_restarts_stop_at_the_first_start_that_is_good_enough(
         caplog.clear()
         fit_pipeline(features, caps, algorithm="kmeans", k=3, seed=1, max_iter=10, restarts=3, good_enough=0.0)
         assert sum("fit k=3" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_the_spark_fit_starts_from_the_drivers_centers_and_saves_as_a_spark_ml_model(
+    features: DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caps = feature_caps(features, 0.99)
+    points = sample_points(features, caps, "kmeans")
+    driver = score_candidate(points, 4, algorithm="kmeans", seed=42, max_iter=100, restarts=3)
+    assert driver.centers is not None and driver.centers.shape == (4, len(CLUSTER_FEATURES))
+    with caplog.at_level(logging.INFO, logger="batch.model"):
+        model = fit_pipeline(
+            features, caps, algorithm="kmeans", k=4, seed=42, max_iter=100, initial_centers=driver.centers
+        )
+    fits = [r.getMessage() for r in caplog.records if "fit k=4" in r.getMessage()]
+    assert len(fits) == 1 and "from the driver's centers" in fits[0], fits
+    # From a converged start Lloyd's iterations only polish it: the same optimum, in a few Spark jobs.
+    iterations = int(fits[0].split("iterations=")[1].split()[0])
+    assert 1 <= iterations <= 10, fits
+    kmeans = model.stages[-1]
+    assert isinstance(kmeans, KMeansModel)
+    centers = np.array(kmeans.clusterCenters())
+    assert np.abs(centers - driver.centers).max() < 0.05
+    labels = ((points[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    cost = float(((points - centers[labels]) ** 2).sum())
+    assert driver.cost is not None and cost <= driver.cost * (1 + 1e-9)
+    # A Spark ML model like any other: its parameters are the estimator's, and it saves, loads and scores.
+    assert (kmeans.getK(), kmeans.getFeaturesCol(), kmeans.getPredictionCol()) == (4, SCALED, PREDICTION)
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    before = score_clusters(model, features).select("master_id", PREDICTION)
+    after = score_clusters(loaded, features).select("master_id", PREDICTION)
+    assert before.exceptAll(after).count() == 0 and before.count() == 1500
+    assert sorted(r[PREDICTION] for r in before.select(PREDICTION).distinct().collect()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="3 initial centers for k=4"):
+        fit_pipeline(features, caps, algorithm="kmeans", k=4, seed=42, max_iter=10, initial_centers=driver.centers[:3])
 
 
 def test_a_segment_under_the_share_on_the_whole_base_is_logged(caplog: pytest.LogCaptureFixture) -> None:
