@@ -232,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="customers sampled to choose k and fit the model on; every customer is scored",
     )
     _setting(train, "--max-iter", key="train.max_iter", help="clustering iterations at most")
-    _setting(train, "--restarts", key="train.restarts", help="fits from different starts per k, lowest cost kept")
+    _setting(
+        train,
+        "--restarts",
+        key="train.restarts",
+        help="fits from different starts per k, lowest cost kept (k-means on the driver takes at least 10, "
+        "and Spark's k-means then starts from the best)",
+    )
 
     rescore = command("rescore", help="apply the current model to every customer (recency ages)")
     rescore.add_argument("--as-of", type=_date, help="analysis date (default: latest last order + 2 days)")

@@ -164,7 +164,8 @@ class TrainSettings:
     # Customers sampled to choose k and fit the model on; every customer is scored.
     sample: Positive = 50_000
     max_iter: Positive = 100
-    # Fits from different starts per k, the lowest cost kept.
+    # Fits from different starts per k, the lowest cost kept. K-means takes at least 10 on the driver
+    # (batch.model.CANDIDATE_STARTS), and Spark's k-means then starts from the best of them.
     restarts: Positive = 3
     cap_quantile: Annotated[float, Field(gt=0.5, le=1.0)] = 0.99
     extra_columns: tuple[str, ...] = ()
