@@ -33,8 +33,6 @@ UNCENTRED = "uncentred_features"
 
 # Silhouettes closer than this to the best are a tie, which the smaller k wins (best_k).
 SILHOUETTE_TOLERANCE = 0.005
-# Spark's k-means stops once no center moves farther than this (Euclidean, in z-score units).
-KMEANS_TOL = 1e-4
 # Starts of each driver-side candidate fit: cheap there, and enough that a candidate's silhouette no
 # longer depends on the seed (with 3, the real data's k = 7 scored 0.339 or 0.373 by seed).
 CANDIDATE_STARTS = 10
@@ -50,7 +48,7 @@ class KCandidate:
     calinski_harabasz: float | None = None
     min_share: float | None = None
     refused: str | None = None
-    # The driver fit's centers (k × features): where the Spark fit of the chosen k starts. In memory only.
+    # The driver's k-means centers (k × features): where the Spark fit of the chosen k starts. In memory only.
     centers: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
@@ -82,7 +80,7 @@ def clusterer(algorithm: str, k: int, seed: int, max_iter: int) -> KMeans | Bise
             seed=seed,
             maxIter=max_iter,
             initSteps=2,
-            tol=KMEANS_TOL,
+            tol=1e-4,
         )
     if algorithm == "bisecting":
         return BisectingKMeans(
@@ -199,7 +197,7 @@ def score_candidate(
         cost = -float(model.score(points)) * len(points)
     else:
         cost = float(((points - model.cluster_centers_[labels]) ** 2).sum())
-    centers = np.asarray(model.means_ if algorithm == "gmm" else model.cluster_centers_, dtype=float)
+    centers = np.asarray(model.cluster_centers_, dtype=float) if algorithm == "kmeans" else None
     if found < 2:
         return KCandidate(
             k=k,
@@ -298,19 +296,22 @@ def kmeans_from_centers(prepared: DataFrame, centers: np.ndarray, *, seed: int, 
     from pyspark.mllib.util import MLUtils
 
     started = time.monotonic()
+    estimator = clusterer("kmeans", len(centers), seed, max_iter)
+    assert isinstance(estimator, KMeans)
     column = prepared.columns[0]
     points = MLUtils.convertVectorColumnsFromML(prepared.select(column), column).rdd.map(lambda row: row[0])
+    # The estimator's own settings, so both fits stop by the same rule.
     trained = callMLlibFunc(
         "trainKMeansModel",
         points,
-        len(centers),
-        max_iter,
-        "k-means||",
-        seed,
-        2,
-        KMEANS_TOL,
+        estimator.getK(),
+        estimator.getMaxIter(),
+        estimator.getInitMode(),
+        estimator.getSeed(),
+        estimator.getInitSteps(),
+        estimator.getTol(),
         [RDDVector(c) for c in centers],
-        "euclidean",
+        estimator.getDistanceMeasure(),
     )
     log.info(
         "fit k=%d from the driver's centers: cost=%s iterations=%d (%.1fs)",
@@ -323,7 +324,6 @@ def kmeans_from_centers(prepared: DataFrame, centers: np.ndarray, *, seed: int, 
     assert jvm is not None
     uid = jvm.org.apache.spark.ml.util.Identifiable.randomUID("KMeans")
     model = KMeansModel(jvm.org.apache.spark.ml.clustering.KMeansModel(uid, trained))
-    estimator = clusterer("kmeans", len(centers), seed, max_iter)
     for param, value in estimator.extractParamMap().items():
         if model.hasParam(param.name):
             model.set(model.getParam(param.name), value)
@@ -351,13 +351,14 @@ def fit_pipeline(
     takes one start from them instead. Centroids of a few features converge on tens of thousands of
     points, so the fit's cost does not grow with the customer base; scoring every customer is one pass.
     """
+    centers = initial_centers if algorithm == "kmeans" else None
+    if centers is not None and centers.shape[0] != k:
+        raise ValueError(f"{centers.shape[0]} initial centers for k={k}")
     prep = Pipeline(stages=preprocessing_stages(caps, algorithm)).fit(train_df)
     prepared = prep.transform(train_df).select(fit_features(algorithm)).cache()
     try:
-        if algorithm == "kmeans" and initial_centers is not None:
-            if initial_centers.shape[0] != k:
-                raise ValueError(f"{initial_centers.shape[0]} initial centers for k={k}")
-            warm = kmeans_from_centers(prepared, initial_centers, seed=seed, max_iter=max_iter)
+        if centers is not None:
+            warm = kmeans_from_centers(prepared, centers, seed=seed, max_iter=max_iter)
             return PipelineModel(stages=[*prep.stages, warm])
         best, best_cost = None, float("inf")
         for s in restart_seeds(seed, restarts):
