@@ -1,4 +1,4 @@
-"""benchmarks/train_ab.py reads step times from train's progress lines."""
+"""benchmarks/train_ab.py reads step times from train's progress lines; train_warm.py writes them."""
 
 from __future__ import annotations
 
@@ -16,3 +16,23 @@ def test_step_times_come_from_the_done_lines_only() -> None:
         ]
     )
     assert steps(log_text) == {"reading and validating h.csv": 12.0, "scoring and writing tables": 16.5}
+
+
+def test_train_warm_runs_the_writes_in_turn_and_times_each_as_a_step() -> None:
+    import logging
+
+    from benchmarks.train_warm import _Lines, one_at_a_time
+
+    done: list[str] = []
+    handler = _Lines()
+    log = logging.getLogger("batch.train")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        one_at_a_time({"a": lambda: done.append("a"), "b": lambda: done.append("b")}, lambda name: None)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert done == ["a", "b"]
+    assert set(steps("\n".join(handler.lines))) == {"write a", "write b"}
