@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from benchmarks.toolkit import markdown_table, uptime
@@ -36,13 +37,13 @@ class _Lines(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def one_at_a_time(writes: dict[str, Callable[[], object]], timed: Callable[[str], object]) -> None:
-    """train's writes in turn, each logged as "write <table> done in Ns"."""
-    log = logging.getLogger("batch.train")
+def one_at_a_time(
+    writes: dict[str, Callable[[], object]], timed: Callable[[str], AbstractContextManager[object]]
+) -> None:
+    """train's writes in turn, each inside train's own step timer as "write <table>"."""
     for name, write in writes.items():
-        started = time.monotonic()
-        write()
-        log.info("write %s done in %.2fs", name, time.monotonic() - started)
+        with timed(f"write {name}"):
+            write()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

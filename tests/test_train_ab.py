@@ -21,6 +21,7 @@ def test_step_times_come_from_the_done_lines_only() -> None:
 def test_train_warm_runs_the_writes_in_turn_and_times_each_as_a_step() -> None:
     import logging
 
+    from batch.train import step
     from benchmarks.train_warm import _Lines, one_at_a_time
 
     done: list[str] = []
@@ -30,7 +31,7 @@ def test_train_warm_runs_the_writes_in_turn_and_times_each_as_a_step() -> None:
     level = log.level
     log.setLevel(logging.INFO)
     try:
-        one_at_a_time({"a": lambda: done.append("a"), "b": lambda: done.append("b")}, lambda name: None)
+        one_at_a_time({"a": lambda: done.append("a"), "b": lambda: done.append("b")}, step)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
