@@ -780,7 +780,7 @@ def prepare_tables(spark: SparkSession, lake: LakeSettings) -> None:
     for name in (QUARANTINE, SEGMENT_CHANGES):
         ensure_table(spark, lake, name)
     prepare_logs(spark, lake)
-    compact_lake(spark, lake)
+    compact_lake(spark, lake, prepared=True)
 
 
 def start_stream(

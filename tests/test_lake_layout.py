@@ -62,6 +62,13 @@ def orders(spark: SparkSession, ids: list[str]) -> DataFrame:
     )
 
 
+def described(spark: SparkSession, path: str) -> tuple[dict[str, str], set[str]]:
+    """A table's properties and features as Delta's DESCRIBE DETAIL gives them (what table_detail avoids)."""
+    row = DeltaTable.forPath(spark, path).detail().select("properties", "tableFeatures").first()
+    assert row is not None
+    return dict(row["properties"]), set(row["tableFeatures"])
+
+
 def last_commit(spark: SparkSession, path: str) -> dict[str, str]:
     row = DeltaTable.forPath(spark, path).history(1).select("operation", "operationMetrics").first()
     assert row is not None
@@ -99,10 +106,13 @@ def test_deletion_vectors_from_an_earlier_version_are_dropped_and_delta_rs_opens
     assert list(Path(path).glob("deletion_vector_*.bin"))
     with pytest.raises(Exception, match="deletionVectors"):
         DeltaLakeTable(path).to_pandas()
+    assert table_detail(spark, lake, CUSTOMER_STATE) == described(spark, path)
+    assert "deletionVectors" in table_detail(spark, lake, CUSTOMER_STATE)[1]
 
     ensure_table(spark, lake, CUSTOMER_STATE)
     properties, features = table_detail(spark, lake, CUSTOMER_STATE)
     assert properties.get(DV) == "false" and "deletionVectors" not in features
+    assert (properties, features) == described(spark, path)
     expected = ["c000", "c002", "c003", "c005"]
     assert sorted(DeltaLakeTable(path).to_pandas()["master_id"]) == expected
     assert sorted(r["master_id"] for r in read_table(spark, lake, CUSTOMER_STATE).collect()) == expected
