@@ -86,12 +86,17 @@ log = logging.getLogger(__name__)
 
 # Spark's name of a dropDuplicatesWithinWatermark step in a query's progress.
 DEDUPE_OPERATOR = "dedupeWithinWatermark"
-_STATE_STORE = {
+# Session settings the stream's query starts with.
+STREAM_SESSION_CONF = {
     "spark.sql.streaming.stateStore.providerClass": (
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
     ),
     # Each batch's checkpoint writes only the changed keys, not a RocksDB snapshot.
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    # No batch without data: Spark would otherwise run one after every batch that moves the de-duplication
+    # watermark, only to expire event ids sooner; the next data batch expires them as well. The state step
+    # has no timers, so such a batch changes no customer, yet it runs the whole batch handler.
+    "spark.sql.streaming.noDataMicroBatches.enabled": "false",
 }
 
 
@@ -603,8 +608,8 @@ class BatchLogger(StreamingQueryListener):
         progress = event.progress
         with self.lock:
             metrics = self.pending.pop(progress.batchId, None)
-        # Watermark-only batches (Spark runs them to expire de-duplication state) read nothing: no line
-        # unless they re-scored someone.
+        # A batch that read no order (only segment_log rows, or a watermark-only batch of a query started
+        # without STREAM_SESSION_CONF) gets no line unless it re-scored someone.
         if metrics is None or (not kafka_rows(progress) and not metrics.rescored):
             return
         dedupes = [op for op in progress.stateOperators or [] if op.operatorName == DEDUPE_OPERATOR]
@@ -792,7 +797,7 @@ def start_stream(
 ) -> StreamingQuery:
     """Start the query (named, checkpointed, explicit trigger) over `source` (Kafka) and return it."""
     prepare_tables(spark, lake)
-    for key, value in _STATE_STORE.items():
+    for key, value in STREAM_SESSION_CONF.items():
         spark.conf.set(key, value)
     # A new checkpoint fixes its state partitions; a restart keeps the checkpoint's whatever is set here.
     spark.conf.set(
