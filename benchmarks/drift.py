@@ -48,15 +48,23 @@ SCENARIOS: dict[str, dict[str, object]] = {
 }
 
 
-def stream_orders(spark: SparkSession, lake: LakeSettings, root: Path, events: int, seed: int, **shift: object) -> None:
-    """`events` generated orders through the stream query, from Kafka-shaped Parquet rows."""
+def write_orders(
+    spark: SparkSession, lake: LakeSettings, records: Path, events: int, seed: int, **shift: object
+) -> None:
+    """`events` generated orders for the lake's customers (shifted as told) as one Parquet file of
+    Kafka-shaped records under `records`, for `file_records`."""
     profiles = load_profiles(spark, lake)
     settings = ProduceSettings(seed=seed, **shift)  # type: ignore[arg-type]
     produced = generate_events(
         profiles, settings, events, rng=np.random.default_rng(seed), start_ts=profiles.default_start_ts, seq_start=0
     )
     rows = [(p.key, p.value, "orders", i % 4, i // 4) for i, p in enumerate(produced)]
-    spark.createDataFrame(rows, KAFKA_RECORD_SCHEMA).coalesce(1).write.parquet(str(root / "records" / "batch-000"))
+    spark.createDataFrame(rows, KAFKA_RECORD_SCHEMA).coalesce(1).write.parquet(str(records / "batch-000"))
+
+
+def stream_orders(spark: SparkSession, lake: LakeSettings, root: Path, events: int, seed: int, **shift: object) -> None:
+    """`events` generated orders through the stream query, from Kafka-shaped Parquet rows."""
+    write_orders(spark, lake, root / "records", events, seed, **shift)
 
     settings_ = StreamSettings(
         bootstrap_servers="unused:9092",

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
@@ -39,11 +38,11 @@ import streaming.job
 from batch.compact import compact_lake
 from batch.generate import write_history_csv
 from batch.train import run_train
+from benchmarks.drift import write_orders
 from benchmarks.toolkit import machine, markdown_table, uptime
 from flo_seg.settings import LakeSettings, TrainSettings, default_spark_settings
 from flo_seg.spark import build_session
-from streaming.job import KAFKA_RECORD_SCHEMA, StreamSettings, file_records, start_stream
-from streaming.produce import ProduceSettings, generate_events, load_profiles
+from streaming.job import StreamSettings, file_records, start_stream
 
 VARIANTS = ("product", "no-data-batches", "describe-detail")
 COLUMNS = ("start", "run", "compaction", "total")
@@ -72,21 +71,6 @@ def variant_in_effect(variant: str) -> Iterator[None]:
         streaming.job.STREAM_SESSION_CONF.clear()
         streaming.job.STREAM_SESSION_CONF.update(conf)
         batch.lake.table_detail = detail
-
-
-def write_orders(spark: SparkSession, lake: LakeSettings, folder: Path, events: int, seed: int) -> None:
-    """`events` generated orders for the lake's customers as one Parquet file of Kafka-shaped records."""
-    profiles = load_profiles(spark, lake)
-    produced = generate_events(
-        profiles,
-        ProduceSettings(seed=seed),
-        events,
-        rng=np.random.default_rng(seed),
-        start_ts=profiles.default_start_ts,
-        seq_start=0,
-    )
-    rows = [(p.key, p.value, "orders", i % 2, i // 2) for i, p in enumerate(produced)]
-    spark.createDataFrame(rows, KAFKA_RECORD_SCHEMA).coalesce(1).write.parquet(str(folder / "batch-000"))
 
 
 def timed(action: Callable[[], object]) -> float:
