@@ -34,11 +34,11 @@ def stream_conf(spark: SparkSession) -> Iterator[None]:
     for key, value in STREAM_SESSION_CONF.items():
         spark.conf.set(key, value)
     yield
-    for key, value in before.items():
-        if value is None:
+    for key, previous in before.items():
+        if previous is None:
             spark.conf.unset(key)
         else:
-            spark.conf.set(key, value)
+            spark.conf.set(key, previous)
 
 
 @pytest.mark.usefixtures("stream_conf")
