@@ -1,8 +1,7 @@
-"""The report: table, PCA and rendering helpers on tiny data, then a whole report on a small trained lake."""
+"""The report: table, PCA and rendering helpers on tiny data (the whole report on a trained lake: test_train_e2e)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import math
@@ -13,9 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
-from batch.generate import write_history_csv
 from batch.model import KCandidate
 from batch.registry import ModelRecord
 from batch.report import (
@@ -41,7 +38,7 @@ from batch.report import (
     segment_sizes,
 )
 from batch.rfm import RfmEdges
-from flo_seg.settings import LakeSettings, TrainSettings
+from flo_seg.settings import LakeSettings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URI = "data:image/png;base64,"
@@ -315,80 +312,7 @@ def test_rendering_a_text_only_section() -> None:
 
 
 # ------------------------------------------------------------------------------ lake end to end
-def write_history(path: Path, customers: int, seed: int) -> None:
-    """The project's demo history plus rows that validation must quarantine (two bad dates, one duplicate)."""
-    write_history_csv(path, customers=customers, seed=seed)
-    lines = path.read_text().splitlines()
-    bad_date = "bad{i},Mobile,Mobile,2020-13-01,2021-02-26,2021-02-26,,4.0,0.0,0.0,500.00,[KADIN]"
-    lines += [bad_date.format(i=1), bad_date.format(i=2), lines[1]]
-    path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.mark.slow
-def test_report_on_a_small_trained_lake(spark: SparkSession, tmp_path: Path) -> None:
-    from batch.train import run_train
-
-    history = tmp_path / "history.csv"
-    write_history(history, customers=300, seed=11)
-    lake = LakeSettings(root=str(tmp_path / "lake"))
-    run_train(spark, lake, TrainSettings(k=3, seed=1), history_path=str(history))
-
-    paths = run_report(spark, lake, str(tmp_path / "out"))
-
-    out = tmp_path / "out"
-    plot_paths = sorted((out / "plots").glob("*.png"))
-    assert paths[:2] == [str(out / "report.html"), str(out / "report.md")]
-    assert sorted(paths[2:]) == [str(p) for p in plot_paths]
-    assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
-    # k was forced, so every plot but the k-selection curve.
-    assert [p.stem for p in plot_paths] == sorted(
-        [
-            "channel_spend",
-            "segment_sizes",
-            "distributions",
-            "projection",
-            "channel_mix",
-            "lifetime_value",
-            "rfm_crosstab",
-        ]
-    )
-    page = (out / "report.html").read_text(encoding="utf-8")
-    markdown = (out / "report.md").read_text(encoding="utf-8")
-    # Lifetime value per segment: its expected values add up to the customers'.
-    total = spark.read.format("delta").load(lake.table("customer_segments")).agg(F.sum("expected_value_12m"))
-    assert "## 10. Lifetime value and churn risk" in markdown and "mean P(alive)" in markdown
-    value_section = markdown.split("## 10.")[1].split("## 11.")[0]
-    segment_totals = re.findall(r"\| ([\d,]+\.\d\d) \|\n", value_section)
-    assert len(segment_totals) == 3
-    assert sum(float(v.replace(",", "")) for v in segment_totals) == pytest.approx(total.collect()[0][0], abs=0.02)
-
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == len(plot_paths) == page.count(DATA_URI)
-    assert all(base64.b64decode(image).startswith(PNG_SIGNATURE) for image in images)
-    assert not re.search(r"https?://", page, re.IGNORECASE)
-    assert "no k-selection curve was computed" in page
-    # The exploratory section counts the two unreadable first order dates and every row read.
-    assert "| first_order_date | 0 | 2 |" in markdown
-    assert "303 rows read, 300 customers kept." in markdown
-
-    segments = {r["segment"] for r in spark.read.format("delta").load(lake.table("customer_segments")).collect()}
-    assert len(segments) == 3
-    for segment in segments:
-        assert html.escape(segment) in page
-
-    quarantine = spark.read.format("delta").load(lake.table("quarantine")).groupBy("source", "reason").count()
-    counts = {(r["source"], r["reason"]): r["count"] for r in quarantine.collect()}
-    assert {reason: n for (_, reason), n in counts.items()} == {"bad_date": 2, "duplicate_master_id": 1}
-    for (source, reason), n in counts.items():
-        cells = rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>{n}</td></tr>"
-        assert re.search(cells, page)
-        assert f"| {reason} | {source} | {n} |" in markdown
-
-    profile_rows = spark.read.format("delta").load(lake.table("segment_profiles")).collect()
-    assert {r["segment"] for r in profile_rows} == segments
-    for row in profile_rows:
-        line = next(ln for ln in markdown.splitlines() if ln.startswith(f"| {row['segment']} | {row['customers']:,} |"))
-        assert line.endswith(f"| {row['action']} |")
+# The whole report on a trained lake: tests/test_train_e2e.py (test_report_on_the_trained_lake).
 
 
 def test_report_without_a_trained_lake_says_to_train(spark: SparkSession, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import html
 import json
 import logging
 import re
@@ -146,6 +148,79 @@ def test_segments_models_profiles_and_campaigns(spark: SparkSession, lake: LakeS
     assert women.count() == expected_women.count()
     exported = spark.read.option("header", True).csv(lake.exports_dir)
     assert exported.count() == targets.count()
+
+
+@pytest.mark.slow
+def test_report_on_the_trained_lake(spark: SparkSession, lake: LakeSettings, history: Path, tmp_path: Path) -> None:
+    """The whole report from the lake as train left it: every plot (k chosen, so the k-selection curve too),
+    the tables it quotes equal to the lake's, self-contained HTML."""
+    from test_report import DATA_URI, PNG_SIGNATURE
+
+    from batch.report import run_report
+
+    out = tmp_path / "out"
+    paths = run_report(spark, lake, str(out))
+
+    plot_paths = sorted((out / "plots").glob("*.png"))
+    assert paths[:2] == [str(out / "report.html"), str(out / "report.md")]
+    assert sorted(paths[2:]) == [str(p) for p in plot_paths]
+    assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
+    assert [p.stem for p in plot_paths] == sorted(
+        [
+            "channel_spend",
+            "segment_sizes",
+            "distributions",
+            "projection",
+            "channel_mix",
+            "lifetime_value",
+            "rfm_crosstab",
+            "k_selection",
+        ]
+    )
+    page = (out / "report.html").read_text(encoding="utf-8")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    model = read_table(spark, lake, "models").collect()[0]
+    assert f"k = {model['k']} was chosen" in markdown
+    # Lifetime value per segment: its expected values add up to the customers'.
+    segments = read_table(spark, lake, "customer_segments")
+    total = segments.agg(F.sum("expected_value_12m")).collect()[0][0]
+    assert "## 10. Lifetime value and churn risk" in markdown and "mean P(alive)" in markdown
+    value_section = markdown.split("## 10.")[1].split("## 11.")[0]
+    segment_totals = re.findall(r"\| ([\d,]+\.\d\d) \|\n", value_section)
+    assert len(segment_totals) == model["k"]
+    assert sum(float(v.replace(",", "")) for v in segment_totals) == pytest.approx(total, abs=0.02)
+
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == len(plot_paths) == page.count(DATA_URI)
+    assert all(base64.b64decode(image).startswith(PNG_SIGNATURE) for image in images)
+    assert not re.search(r"https?://", page, re.IGNORECASE)
+    # The exploratory section counts BAD_ROWS' blank id, unreadable date and unknown channel, and every row.
+    assert "| master_id | 1 | 0 |" in markdown
+    assert "| last_order_date | 0 | 1 |" in markdown
+    assert "| order_channel | 0 | 1 |" in markdown
+    assert f"{CUSTOMERS + 5:,} rows read, {CUSTOMERS:,} customers kept." in markdown
+
+    names = {r["segment"] for r in segments.select("segment").distinct().collect()}
+    assert len(names) == model["k"]
+    for name in names:
+        assert html.escape(name) in page
+
+    source = f"history:{history}"
+    quarantine = read_table(spark, lake, "quarantine").groupBy("source", "reason").count().collect()
+    assert {(r["source"], r["reason"], r["count"]) for r in quarantine} == {
+        (source, reason, 1)
+        for reason in ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel")
+    }
+    for reason in ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel"):
+        cells = rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>1</td></tr>"
+        assert re.search(cells, page)
+        assert f"| {reason} | {source} | 1 |" in markdown
+
+    profile_rows = read_table(spark, lake, "segment_profiles").collect()
+    assert {r["segment"] for r in profile_rows} == names
+    for row in profile_rows:
+        line = next(ln for ln in markdown.splitlines() if ln.startswith(f"| {row['segment']} | {row['customers']:,} |"))
+        assert line.endswith(f"| {row['action']} |")
 
 
 def test_rescore_ages_recency(spark: SparkSession, lake: LakeSettings) -> None:
