@@ -207,11 +207,9 @@ def test_report_on_the_trained_lake(spark: SparkSession, lake: LakeSettings, his
 
     source = f"history:{history}"
     quarantine = read_table(spark, lake, "quarantine").groupBy("source", "reason").count().collect()
-    assert {(r["source"], r["reason"], r["count"]) for r in quarantine} == {
-        (source, reason, 1)
-        for reason in ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel")
-    }
-    for reason in ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel"):
+    reasons = ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel")
+    assert {(r["source"], r["reason"], r["count"]) for r in quarantine} == {(source, reason, 1) for reason in reasons}
+    for reason in reasons:
         cells = rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>1</td></tr>"
         assert re.search(cells, page)
         assert f"| {reason} | {source} | 1 |" in markdown
