@@ -37,6 +37,8 @@ BAD_ROWS = [
     "bad-2,Fax,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,139.99,799.38,[KADIN]",
     "bad-3,Android App,Offline,2020-10-30,2021-02-26,2021-02-21,2021-02-26,4.0,1.0,-5,799.38,[KADIN]",
 ]
+# One quarantine row each: BAD_ROWS and the duplicate the history fixture appends.
+QUARANTINED = ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel")
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +61,7 @@ def lake(spark: SparkSession, history: Path, tmp_path_factory: pytest.TempPathFa
     lake = LakeSettings(root=str(tmp_path_factory.mktemp("lake")))
     summary = run_train(spark, lake, TrainSettings(k_min=2, k_max=4, seed=7, sample=5000), history_path=str(history))
     assert (summary.rows_read, summary.rows_kept) == (CUSTOMERS + 5, CUSTOMERS)
-    assert summary.quarantined == {
-        "bad_date": 1,
-        "bad_number": 1,
-        "duplicate_master_id": 1,
-        "missing_master_id": 1,
-        "unknown_channel": 1,
-    }
+    assert summary.quarantined == dict.fromkeys(QUARANTINED, 1)
     return lake
 
 
@@ -75,13 +71,7 @@ def test_state_and_quarantine(spark: SparkSession, lake: LakeSettings, history: 
     assert state.select("master_id").distinct().count() == CUSTOMERS
     assert state.where(F.col("first_order_date") == dt.date(2013, 1, 14)).count() == 0  # the duplicate lost
     quarantine = read_table(spark, lake, "quarantine").collect()
-    assert sorted(r["reason"] for r in quarantine) == [
-        "bad_date",
-        "bad_number",
-        "duplicate_master_id",
-        "missing_master_id",
-        "unknown_channel",
-    ]
+    assert sorted(r["reason"] for r in quarantine) == list(QUARANTINED)
     bad2 = next(r for r in quarantine if r["reason"] == "unknown_channel")
     assert json.loads(bad2["raw_record"])["order_channel"] == "Fax"
     assert bad2["source"] == f"history:{history}"
@@ -207,9 +197,8 @@ def test_report_on_the_trained_lake(spark: SparkSession, lake: LakeSettings, his
 
     source = f"history:{history}"
     quarantine = read_table(spark, lake, "quarantine").groupBy("source", "reason").count().collect()
-    reasons = ("bad_date", "bad_number", "duplicate_master_id", "missing_master_id", "unknown_channel")
-    assert {(r["source"], r["reason"], r["count"]) for r in quarantine} == {(source, reason, 1) for reason in reasons}
-    for reason in reasons:
+    assert {(r["source"], r["reason"], r["count"]) for r in quarantine} == {(source, r, 1) for r in QUARANTINED}
+    for reason in QUARANTINED:
         cells = rf"<tr><td>{reason}</td><td[^>]*>{re.escape(html.escape(source))}</td><td class=num>1</td></tr>"
         assert re.search(cells, page)
         assert f"| {reason} | {source} | 1 |" in markdown
