@@ -10,10 +10,10 @@ time, its query planning and the handler's steps. Variants (the candidates in do
   the Parquet snapshot;
 - `no-stats`: Delta appends without file statistics (`spark.databricks.delta.stats.collect=false`);
 - `checkpoint-10`: the logs checkpointed every 10 commits (Delta's default), as before;
-- `checkpoint-100`: all three logs, `segment_changes` too, checkpointed every 100 commits;
-- `one-dedup`: one de-duplication operator on event_id instead of two (re-sends and conflicts no longer
-  counted apart): what the second stateful operator costs;
-- `no-dedup`: no de-duplication at all (not a product candidate: the floor the two operators sit on).
+- `checkpoint-100`: all three logs, `segment_changes` too, checkpointed every 100 commits.
+
+The `one-dedup` and `no-dedup` variants of the de-duplication spike (docs/benchmarks.md) ran at the
+revision that added them, when de-duplication was two stateful operators before the state step.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 import streaming.job as job
 from batch.compact import log_version
@@ -41,12 +40,11 @@ from flo_seg.settings import LakeSettings, default_spark_settings
 from flo_seg.spark import build_session
 from schemas.tables import CUSTOMER_SEGMENTS, CUSTOMER_STATE, SEGMENT_CHANGES, SEGMENT_LOG, STATE_LOG
 from streaming.customer_state import bootstrap_state
-from streaming.events import DEDUPE_KEY, INGESTED_AT
 from streaming.job import StreamSettings, prepare_tables, start_stream
 from streaming.produce import ProduceSettings
 from streaming.run import stop_between_batches
 
-VARIANTS = ("product", "delta-bootstrap", "no-stats", "checkpoint-10", "checkpoint-100", "one-dedup", "no-dedup")
+VARIANTS = ("product", "delta-bootstrap", "no-stats", "checkpoint-10", "checkpoint-100")
 STEPS = ("state step", "plan", "score", "publish", "writes", "unpersist", "model check")
 
 
@@ -57,23 +55,6 @@ def pinned_delta_bootstrap(spark: SparkSession, lake: LakeSettings, checkpoint: 
         for name in (CUSTOMER_STATE, CUSTOMER_SEGMENTS)
     ]
     return bootstrap_state(*tables)
-
-
-def one_dedup(events_df: DataFrame, window: str) -> DataFrame:
-    """De-duplication on event_id alone, one stateful operator (the product chains two)."""
-    return (
-        events_df.withColumn(INGESTED_AT, F.current_timestamp())
-        .withWatermark(INGESTED_AT, window)
-        .dropDuplicatesWithinWatermark([DEDUPE_KEY])
-    )
-
-
-def no_dedup(events_df: DataFrame, window: str) -> DataFrame:
-    """No de-duplication: the floor under the operators."""
-    return events_df
-
-
-DEDUP_VARIANTS = {"one-dedup": one_dedup, "no-dedup": no_dedup}
 
 
 def run_variant(spark: SparkSession, args: argparse.Namespace, variant: str) -> dict[str, float]:
@@ -92,9 +73,6 @@ def run_variant(spark: SparkSession, args: argparse.Namespace, variant: str) -> 
         query_name=f"batch-steps-{variant}",
     )
     original = job.bootstrap
-    original_dedup = job.drop_duplicate_events
-    if variant in DEDUP_VARIANTS:
-        job.drop_duplicate_events = DEDUP_VARIANTS[variant]
     spark.conf.set("spark.databricks.delta.stats.collect", "false" if variant == "no-stats" else "true")
     if variant == "delta-bootstrap":
         job.bootstrap = pinned_delta_bootstrap
@@ -110,7 +88,6 @@ def run_variant(spark: SparkSession, args: argparse.Namespace, variant: str) -> 
         query = start_stream(spark, lake, settings, recorder)
     finally:
         job.bootstrap = original
-        job.drop_duplicate_events = original_dedup
     produce = ProduceSettings(
         bootstrap_servers=args.bootstrap_servers,
         topic=topic,

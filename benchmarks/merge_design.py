@@ -3,7 +3,8 @@
 Until the state moved into the state store, every micro-batch MERGEd its per-customer aggregates into
 customer_state, re-read the changed customers from it to score them, compared with customer_segments
 and MERGEd the new segments into it: each batch scanned both tables whatever its size. This is that
-handler, on the same parse, de-duplication, scoring and idempotent writes as the product.
+handler, on the same parse, scoring and idempotent writes as the product, with the de-duplication the
+product had then (two stateful operators before the handler; it now happens in the state step).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from schemas.tables import (
     SEGMENT_CHANGES,
     conform,
 )
-from streaming.events import REASON, quarantine_rows, valid_orders
+from streaming.events import CONTENT_KEY, REASON, invalid_event_key, parse_order_events, quarantine_rows, valid_orders
 from streaming.job import (
     BatchLogger,
     BatchMetrics,
@@ -39,7 +40,6 @@ from streaming.job import (
     StreamSettings,
     initial_clock,
     kafka_records,
-    order_events,
     prepare_tables,
     publish_changes,
     read_clock,
@@ -48,6 +48,18 @@ from streaming.job import (
 from streaming.state import customer_order_deltas, idempotent_txn, merge_state
 
 log = logging.getLogger(__name__)
+
+
+def two_step_dedupe(events_df: DataFrame, window: str) -> DataFrame:
+    """The stream's de-duplication until it moved into the state step: first occurrence of each event_id
+    within `window` of stream time, exact re-sends dropped by one operator and conflicting reuses by another."""
+    key = F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key())
+    return (
+        events_df.withColumns({"dedupe_key": key, "ingested_at": F.current_timestamp()})
+        .withWatermark("ingested_at", window)
+        .dropDuplicatesWithinWatermark(["dedupe_key", CONTENT_KEY])
+        .dropDuplicatesWithinWatermark(["dedupe_key"])
+    )
 
 
 def segment_change_rows(scored: DataFrame, previous: DataFrame, batch_id: int) -> DataFrame:
@@ -210,7 +222,7 @@ def start_merge_stream(
         return holder["id"]
 
     writer = (
-        order_events(kafka_records(spark, settings), settings)
+        two_step_dedupe(parse_order_events(kafka_records(spark, settings)), settings.dedupe_window)
         .writeStream.queryName(settings.query_name)
         .option("checkpointLocation", settings.checkpoint)
         .foreachBatch(make_batch_handler(lake, settings, app_id, listener.record))

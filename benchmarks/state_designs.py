@@ -198,7 +198,9 @@ def fill_topic(spark: SparkSession, bootstrap: str, topic: str, events: int, cus
 
 def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, per_trigger: int) -> DataFrame:
     """Kafka → parse and check (streaming/events.py) → de-duplicate as `dedupe` says."""
-    from streaming.events import CONTENT_KEY, DEDUPE_KEY, drop_duplicate_events, parse_order_events
+    from benchmarks.merge_design import two_step_dedupe
+    from flo_seg.settings import DEFAULT_DEDUPE_WINDOW
+    from streaming.events import CONTENT_KEY, REASON, invalid_event_key, parse_order_events
 
     kafka = (
         spark.readStream.format("kafka")
@@ -214,9 +216,15 @@ def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, pe
         "broker_ts", F.split("kafka_topic", "[|]")[1].cast("double").cast("timestamp")
     )
     if dedupe == "product":
-        return drop_duplicate_events(parsed)
+        # The product's de-duplication when this spike ran; it now happens inside the state step.
+        return two_step_dedupe(parsed, DEFAULT_DEDUPE_WINDOW)
     if dedupe == "within-watermark":
-        return parsed.withWatermark("broker_ts", "1 hour").dropDuplicatesWithinWatermark([DEDUPE_KEY, CONTENT_KEY])
+        key = F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key())
+        return (
+            parsed.withColumn("dedupe_key", key)
+            .withWatermark("broker_ts", "1 hour")
+            .dropDuplicatesWithinWatermark(["dedupe_key", CONTENT_KEY])
+        )
     return parsed
 
 

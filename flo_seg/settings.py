@@ -82,6 +82,14 @@ def _interval(text: str) -> str:
 
 Interval = Annotated[str, AfterValidator(_interval)]
 
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def interval_seconds(text: str) -> int:
+    """An Interval (`24 hours`) in seconds."""
+    count, unit = _interval(text).split()
+    return int(count) * _UNIT_SECONDS[unit.removesuffix("s")]
+
 
 @dataclass(frozen=True, kw_only=True, config=_STRICT)
 class SparkSettings:

@@ -4,7 +4,9 @@ The processor keeps each customer's running state in the stream's state store, k
 and touches only the customers of a micro-batch; its rules are in `jvm/state/.../CustomerState.java`
 and are those of the customer_state MERGE it replaces. Money travels in whole cents. Three kinds of
 input rows share one schema: valid orders, published segments coming back (the newest by
-`segment_seq` wins), and quarantined events, which pass through without state.
+`segment_seq` wins), and quarantined events, which pass through without state. The processor also
+drops an order whose event_id the customer had within the de-duplication window (a re-send, or a
+conflicting reuse of the id) and counts it in `resent` / `conflicting`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.features import CATEGORY_LIST, OFFLINE_ORDERS, OFFLINE_VALUE, ONLINE_ORDERS, ONLINE_VALUE
+from flo_seg.settings import DEFAULT_DEDUPE_WINDOW, interval_seconds
 from schemas.tables import QUARANTINE_SCHEMA
-from streaming.events import REASON, invalid_event_key, order_columns, quarantine_columns
+from streaming.events import CONTENT_KEY, REASON, invalid_event_key, order_columns, quarantine_columns
 
 PROCESSOR = "flo.seg.state.CustomerState"
-ORDER, SEGMENT, INVALID, STATE = "order", "segment", "invalid", "state"
+ORDER, SEGMENT, INVALID, STATE, DUPLICATE = "order", "segment", "invalid", "state", "duplicate"
 
 # The quarantine row rides along nullable: order rows have none.
 _QUARANTINE = T.StructType([T.StructField(f.name, f.dataType, True) for f in QUARANTINE_SCHEMA])
@@ -40,6 +43,9 @@ INPUT_SCHEMA = T.StructType(
         T.StructField("model_version", T.StringType()),
         T.StructField("segment_seq", T.LongType()),
         T.StructField("as_of", T.DateType()),
+        T.StructField("content_key", T.LongType()),  # what tells a re-send from a conflicting reuse
+        T.StructField("kafka_partition", T.IntegerType()),  # of copies in one batch the first wins
+        T.StructField("kafka_offset", T.LongType()),
         T.StructField("quarantine", _QUARANTINE),
     ]
 )
@@ -92,6 +98,9 @@ def event_inputs(events_df: DataFrame) -> DataFrame:
             is_online=F.when(valid, order["is_online"]),
             amount_cents=F.when(valid, _cents(order["amount"])),
             categories=F.when(valid, order["categories"]),
+            content_key=F.when(valid, F.col(CONTENT_KEY)),
+            kafka_partition=F.when(valid, F.col("kafka_partition")),
+            kafka_offset=F.when(valid, F.col("kafka_offset")),
             quarantine=F.when(~valid, F.struct(*quarantine_columns())),
         )
     )
@@ -173,10 +182,14 @@ def bootstrap_state(state_df: DataFrame, segments_df: DataFrame | None = None) -
     )
 
 
-def apply_customer_state(inputs: DataFrame, bootstrap: DataFrame) -> DataFrame:
-    """The processor over `inputs` (INPUT_SCHEMA), starting from `bootstrap` when there is no checkpoint yet."""
+def apply_customer_state(
+    inputs: DataFrame, bootstrap: DataFrame, dedupe_window: str = DEFAULT_DEDUPE_WINDOW
+) -> DataFrame:
+    """The processor over `inputs` (INPUT_SCHEMA), starting from `bootstrap` when there is no checkpoint yet,
+    dropping an order whose event_id its customer had within `dedupe_window` of stream time."""
     spark = inputs.sparkSession
-    jdf = processor(spark).apply(inputs.select(*INPUT_SCHEMA.fieldNames())._jdf, bootstrap._jdf)
+    window_ms = interval_seconds(dedupe_window) * 1000
+    jdf = processor(spark).apply(inputs.select(*INPUT_SCHEMA.fieldNames())._jdf, bootstrap._jdf, window_ms)
     return DataFrame(jdf, spark)
 
 

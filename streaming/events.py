@@ -1,4 +1,4 @@
-"""Order events off Kafka: parse, give every untrustworthy event one reason, key them for de-duplication."""
+"""Order events off Kafka: parse, give every untrustworthy event one reason, hash their content for de-duplication."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, VariantType
 
 from batch.validate import with_first_failure
-from flo_seg.settings import DEFAULT_DEDUPE_WINDOW
 from schemas.events import (
     EARLIEST_ORDER,
     MAX_ORDER_AMOUNT,
@@ -20,11 +19,8 @@ from schemas.history import CATEGORIES, CHANNELS, IDENTIFIER_PATTERN, spark_rege
 
 REASON = "reason"
 DETAIL = "detail"
-DEDUPE_KEY = "dedupe_key"
 CONTENT_KEY = "content_key"
 CORRUPT_COLUMN = "_corrupt_json"
-# When the stream read an event (its micro-batch time): the clock of the de-duplication window.
-INGESTED_AT = "ingested_at"
 # The ids are parsed as variants, so a JSON number or object is told apart from a string; their JSON types.
 ID_FIELDS: tuple[str, ...] = ("event_id", "master_id")
 ID_TYPE_SUFFIX = "_json_type"
@@ -160,7 +156,7 @@ def _parse_schema() -> StructType:
 
 
 def invalid_event_key() -> Column:
-    """The de-duplication key of an invalid event: its own Kafka coordinates (it never matches another)."""
+    """The state step's key of an invalid event: its own Kafka coordinates (it never matches another)."""
     return F.concat_ws(":", F.lit("invalid"), "kafka_topic", "kafka_partition", "kafka_offset")
 
 
@@ -203,30 +199,7 @@ def parse_order_events(kafka_df: DataFrame) -> DataFrame:
             (F.col("channel") != F.lit("Offline")).alias("is_online"),
         )
         .drop(CORRUPT_COLUMN, *[c + ID_TYPE_SUFFIX for c in ID_FIELDS])
-        .withColumn(
-            DEDUPE_KEY,
-            F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key()),
-        )
         .withColumn(CONTENT_KEY, _content_key())
-    )
-
-
-def drop_duplicate_events(events_df: DataFrame, window: str = DEFAULT_DEDUPE_WINDOW) -> DataFrame:
-    """First occurrence of each event_id within `window`, in two bounded steps so the log tells re-sends from conflicts.
-
-    The first step drops exact re-sends (same event_id, same content); the second drops what is left over
-    for an event_id, i.e. a later event that reuses an event_id with different content. Both keep their
-    keys only for the window, measured on stream time (the micro-batch that read the event), never on the
-    order's time nor on the producer's Kafka timestamp: so a late order is never dropped for being late,
-    and old record timestamps cannot make the stream drop events. A copy that arrives within `window` of
-    the first is always dropped; one more than twice the window later is counted again (in between it
-    may be either: a key expires once the watermark, stream time minus the window, passes its expiry).
-    """
-    return (
-        events_df.withColumn(INGESTED_AT, F.current_timestamp())
-        .withWatermark(INGESTED_AT, window)
-        .dropDuplicatesWithinWatermark([DEDUPE_KEY, CONTENT_KEY])
-        .dropDuplicatesWithinWatermark([DEDUPE_KEY])
     )
 
 

@@ -78,14 +78,12 @@ from streaming.customer_state import (
     segment_inputs,
     state_schema,
 )
-from streaming.events import drop_duplicate_events, parse_order_events
+from streaming.events import parse_order_events
 from streaming.lease import LeaseFile
 from streaming.sinks import publish_json, start_foreach_batch
 
 log = logging.getLogger(__name__)
 
-# Spark's name of a dropDuplicatesWithinWatermark step in a query's progress.
-DEDUPE_OPERATOR = "dedupeWithinWatermark"
 # Session settings the stream's query starts with.
 STREAM_SESSION_CONF = {
     "spark.sql.streaming.stateStore.providerClass": (
@@ -93,9 +91,8 @@ STREAM_SESSION_CONF = {
     ),
     # Each batch's checkpoint writes only the changed keys, not a RocksDB snapshot.
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
-    # No batch without data: Spark would otherwise run one after every batch that moves the de-duplication
-    # watermark, only to expire event ids sooner; the next data batch expires them as well. The state step
-    # has no timers, so such a batch changes no customer, yet it runs the whole batch handler.
+    # No batch without data: the state step has no timers and the query no watermark, so such a batch
+    # would change no customer, yet it would run the whole batch handler.
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
 }
 
@@ -120,6 +117,8 @@ class BatchMetrics:
     events: int = 0
     valid: int = 0
     quarantined: int = 0
+    resent: int = 0  # copies of an order dropped: same event_id and content
+    conflicting: int = 0  # dropped: an event_id the customer had, with other content
     customers_updated: int = 0
     rescored: int = 0
     swept: int = 0
@@ -372,6 +371,8 @@ def batch_summary(out: DataFrame) -> dict[str, Row]:
         F.count(F.lit(1)).alias("rows"),
         F.sum("batch_orders").alias("orders"),
         F.max("last_order_ts").alias("latest"),
+        F.sum("resent").alias("resent"),
+        F.sum("conflicting").alias("conflicting"),
     )
     return {r["kind"]: r for r in summary.collect()}
 
@@ -454,6 +455,8 @@ def make_batch_handler(
             metrics.quarantined = kinds[INVALID]["rows"] if INVALID in kinds else 0
             metrics.customers_updated = state_summary["rows"] if state_summary else 0
             metrics.valid = int(state_summary["orders"] or 0) if state_summary else 0
+            metrics.resent = sum(int(k["resent"] or 0) for k in kinds.values())
+            metrics.conflicting = sum(int(k["conflicting"] or 0) for k in kinds.values())
             metrics.events = metrics.valid + metrics.quarantined
             clock = memo.clock
             if state_summary is not None and state_summary["latest"] is not None:
@@ -612,24 +615,18 @@ class BatchLogger(StreamingQueryListener):
         # without STREAM_SESSION_CONF) gets no line unless it re-scored someone.
         if metrics is None or (not kafka_rows(progress) and not metrics.rescored):
             return
-        dedupes = [op for op in progress.stateOperators or [] if op.operatorName == DEDUPE_OPERATOR]
-        # drop_duplicate_events chains (event_id, content) then event_id; progress lists the outer one first.
-        conflicts = _dropped(dedupes[0]) if dedupes else 0
-        resent = sum(_dropped(op) for op in dedupes[1:])
-        ids_held = int(dedupes[0].numRowsTotal or 0) if dedupes else 0
         read = kafka_rows(progress)
         seconds = progress.batchDuration / 1000.0 if progress.batchDuration else metrics.seconds
         log.info(
             "batch %d: events in %d, valid %d, quarantined %d, duplicates dropped %d, conflicting duplicates "
-            "dropped %d (event ids held %d), customers updated %d, re-scored %d (swept %d), segment changes %d, "
+            "dropped %d, customers updated %d, re-scored %d (swept %d), segment changes %d, "
             "model %s, clock %s, %.2fs, %.0f events/s",
             metrics.batch_id,
             read,
             metrics.valid,
             metrics.quarantined,
-            resent,
-            conflicts,
-            ids_held,
+            metrics.resent,
+            metrics.conflicting,
             metrics.customers_updated,
             metrics.rescored,
             metrics.swept,
@@ -639,10 +636,6 @@ class BatchLogger(StreamingQueryListener):
             seconds,
             read / seconds if seconds else 0.0,
         )
-
-
-def _dropped(operator: Any) -> int:
-    return int((operator.customMetrics or {}).get("numDroppedDuplicateRows", 0))
 
 
 def kafka_rows(progress: Any) -> int:
@@ -693,11 +686,6 @@ def kafka_records(spark: SparkSession, settings: StreamSettings) -> DataFrame:
     return reader.load()
 
 
-def order_events(records: DataFrame, settings: StreamSettings) -> DataFrame:
-    """Kafka-shaped records parsed and de-duplicated on event_id within the window (state in the checkpoint)."""
-    return drop_duplicate_events(parse_order_events(records), settings.dedupe_window)
-
-
 # Beside the query's own files in the checkpoint: the segment_log version its state starts after.
 SEGMENT_LOG_START = "flo-seg-segment-log-start.json"
 
@@ -739,10 +727,10 @@ def state_updates(
     spark: SparkSession, lake: LakeSettings, settings: StreamSettings, source: RecordSource = kafka_records
 ) -> DataFrame:
     """Orders, quarantined events and published segments through the per-customer state step."""
-    events = order_events(source(spark, settings), settings)
+    events = parse_order_events(source(spark, settings))
     published = published_segments(spark, lake, segment_log_start(spark, lake, settings.checkpoint))
     inputs = event_inputs(events).unionByName(segment_inputs(published))
-    return apply_customer_state(inputs, bootstrap(spark, lake, settings.checkpoint))
+    return apply_customer_state(inputs, bootstrap(spark, lake, settings.checkpoint), settings.dedupe_window)
 
 
 # Beside the query's own files in the checkpoint: the bootstrap snapshot, until the first batch committed.

@@ -16,6 +16,7 @@ from flo_seg.settings import (
     Source,
     StreamOptions,
     TrainSettings,
+    interval_seconds,
     kafka_client_options,
     leaves,
     load_settings,
@@ -220,3 +221,10 @@ def test_the_compaction_child_gets_the_streams_config_file(monkeypatch: pytest.M
         "/lake",
         "compact",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("24 hours", 86_400), ("1 hour", 3_600), (" 30 Minutes ", 1_800), ("2 days", 172_800)]
+)
+def test_a_dedupe_window_reads_in_seconds(text: str, seconds: int) -> None:
+    assert interval_seconds(text) == seconds

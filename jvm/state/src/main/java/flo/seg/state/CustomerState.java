@@ -5,15 +5,18 @@ import java.sql.Timestamp;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.TreeSet;
 
 import org.apache.spark.api.java.function.FlatMapGroupsWithStateFunction;
 import org.apache.spark.api.java.function.MapFunction;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Encoders;
+import org.apache.spark.sql.functions;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.RowFactory;
 import org.apache.spark.sql.streaming.GroupState;
@@ -30,22 +33,38 @@ import scala.jdk.javaapi.CollectionConverters;
  * Each customer's running state in the stream's state store, keyed by master_id, touched only for the
  * customers of a micro-batch (streaming/customer_state.py builds the input and reads the output).
  *
- * <p>Input rows are one of three kinds: {@code order} (a valid, de-duplicated order), {@code segment}
- * (a published segment coming back to the state: the segment last published wins by its
- * {@code segment_seq}) and {@code invalid} (a quarantined event, keyed by its own dedupe key: passed
- * through untouched, no state kept). The rules for orders are those of the customer_state MERGE they
- * replace: counts and cents add up, dates only move outward, and a late order never moves
- * last_order_date back nor takes over last_order_channel.
+ * <p>Input rows are one of three kinds: {@code order} (a valid order), {@code segment} (a published
+ * segment coming back to the state: the segment last published wins by its {@code segment_seq}) and
+ * {@code invalid} (a quarantined event, keyed by its own Kafka coordinates: passed through untouched,
+ * no state kept). The rules for orders are those of the customer_state MERGE they replace: counts and
+ * cents add up, dates only move outward, and a late order never moves last_order_date back nor takes
+ * over last_order_channel.
  *
- * <p>Output: one {@code state} row per customer with orders in the batch (the state after the batch,
- * with the segment published before it as {@code previous_segment} and the number of orders applied
- * as {@code batch_orders}), and the {@code invalid} rows.
+ * <p>Orders are de-duplicated here, by the customer's {@code event_id}s of the last window of stream
+ * time (the batch's processing time, fixed for a batch and for its replay): a copy with the same
+ * content is a re-send, one with other content a conflicting reuse; both are dropped and counted. Of
+ * copies in one batch the first by Kafka coordinates wins, so a replay keeps the same one. An id is
+ * forgotten once the window has passed and the customer orders again.
+ *
+ * <p>Output: one {@code state} row per customer with new orders in the batch (the state after the
+ * batch, with the segment published before it as {@code previous_segment}, the number of orders
+ * applied as {@code batch_orders} and the copies dropped as {@code resent} / {@code conflicting}), a
+ * {@code duplicate} row for a customer whose orders in the batch were all dropped, and the
+ * {@code invalid} rows.
  */
 public final class CustomerState {
   public static final String ORDER = "order";
   public static final String SEGMENT = "segment";
   public static final String INVALID = "invalid";
   public static final String STATE = "state";
+  public static final String DUPLICATE = "duplicate";
+
+  /** An event id the state remembers: its content hash and when stream time forgets it. */
+  public static final StructType RECENT_EVENT =
+      new StructType()
+          .add("event_id", DataTypes.StringType)
+          .add("content_key", DataTypes.LongType)
+          .add("expires_ms", DataTypes.LongType);
 
   /** The state kept per customer, in this order; the bootstrap must have exactly these columns. */
   public static final StructType STATE_SCHEMA =
@@ -69,6 +88,10 @@ public final class CustomerState {
           .add("segment_seq", DataTypes.LongType)
           .add("segment_as_of", DataTypes.DateType);
 
+  /** What the state store holds: STATE_SCHEMA and the customer's recent event ids. */
+  public static final StructType STORE_SCHEMA =
+      STATE_SCHEMA.add("recent_events", DataTypes.createArrayType(RECENT_EVENT));
+
   private CustomerState() {}
 
   /** The output schema for input rows whose quarantine struct has type {@code quarantine}. */
@@ -80,14 +103,20 @@ public final class CustomerState {
     return out.add("previous_segment", DataTypes.StringType)
         .add("previous_model_version", DataTypes.StringType)
         .add("batch_orders", DataTypes.LongType)
+        .add("resent", DataTypes.LongType)
+        .add("conflicting", DataTypes.LongType)
         .add("quarantine", quarantine);
   }
 
   /**
    * The state step over a stream of input rows (see the class comment for their columns), with the
-   * bootstrap used only when the query starts without a checkpoint (Spark's initialState).
+   * bootstrap used only when the query starts without a checkpoint (Spark's initialState), and event
+   * ids remembered for {@code windowMs} of stream time.
    */
-  public static Dataset<Row> apply(Dataset<Row> input, Dataset<Row> bootstrap) {
+  public static Dataset<Row> apply(Dataset<Row> input, Dataset<Row> bootstrap, long windowMs) {
+    if (windowMs <= 0) {
+      throw new IllegalArgumentException("the de-duplication window must be positive, got " + windowMs + " ms");
+    }
     requireSameFields("bootstrap", bootstrap.schema(), STATE_SCHEMA);
     StructType in = input.schema();
     StructType out = outputSchema(in.apply("quarantine").dataType());
@@ -95,16 +124,20 @@ public final class CustomerState {
     MapFunction<Row, String> key = r -> r.getString(c.masterId);
     MapFunction<Row, String> stateKey = r -> r.getString(0);
     FlatMapGroupsWithStateFunction<String, Row, Row, Row> update =
-        (id, rows, state) -> step(c, id, rows, state).iterator();
+        (id, rows, state) -> step(c, windowMs, id, rows, state).iterator();
+    Dataset<Row> initial =
+        bootstrap
+            .selectExpr(STATE_SCHEMA.fieldNames())
+            .withColumn("recent_events", functions.lit(null).cast(DataTypes.createArrayType(RECENT_EVENT)));
     return input
         .groupByKey(key, Encoders.STRING())
         .flatMapGroupsWithState(
             update,
             OutputMode.Update(),
-            Encoders.row(STATE_SCHEMA),
+            Encoders.row(STORE_SCHEMA),
             Encoders.row(out),
             GroupStateTimeout.NoTimeout(),
-            bootstrap.selectExpr(STATE_SCHEMA.fieldNames()).groupByKey(stateKey, Encoders.STRING()));
+            initial.groupByKey(stateKey, Encoders.STRING()));
   }
 
   private static void requireSameFields(String what, StructType got, StructType expected) {
@@ -134,6 +167,9 @@ public final class CustomerState {
     final int modelVersion;
     final int segmentSeq;
     final int asOf;
+    final int contentKey;
+    final int kafkaPartition;
+    final int kafkaOffset;
     final int quarantine;
 
     Columns(StructType in) {
@@ -150,6 +186,9 @@ public final class CustomerState {
       modelVersion = in.fieldIndex("model_version");
       segmentSeq = in.fieldIndex("segment_seq");
       asOf = in.fieldIndex("as_of");
+      contentKey = in.fieldIndex("content_key");
+      kafkaPartition = in.fieldIndex("kafka_partition");
+      kafkaOffset = in.fieldIndex("kafka_offset");
       quarantine = in.fieldIndex("quarantine");
     }
   }
@@ -174,11 +213,14 @@ public final class CustomerState {
     String modelVersion;
     long segmentSeq;
     Date segmentAsOf;
+    /** event_id -> (content_key, expires_ms), the ids of the last window. */
+    Map<String, long[]> recent;
 
     Customer(String masterId) {
       this.masterId = masterId;
       this.categories = new ArrayList<>();
       this.segmentSeq = Long.MIN_VALUE;
+      this.recent = new HashMap<>();
     }
 
     static Customer of(Row s) {
@@ -200,6 +242,11 @@ public final class CustomerState {
       c.modelVersion = s.getString(15);
       c.segmentSeq = s.isNullAt(16) ? Long.MIN_VALUE : s.getLong(16);
       c.segmentAsOf = s.getDate(17);
+      if (!s.isNullAt(18)) {
+        for (Row e : s.<Row>getList(18)) {
+          c.recent.put(e.getString(0), new long[] {e.getLong(1), e.getLong(2)});
+        }
+      }
       return c;
     }
 
@@ -210,9 +257,22 @@ public final class CustomerState {
         modelVersion, segmentSeq == Long.MIN_VALUE ? null : segmentSeq, segmentAsOf
       };
     }
+
+    /** The state store's row: values() and the recent event ids. */
+    Row stored() {
+      Object[] values = values();
+      Object[] row = new Object[values.length + 1];
+      System.arraycopy(values, 0, row, 0, values.length);
+      List<Row> events = new ArrayList<>(recent.size());
+      for (Map.Entry<String, long[]> e : recent.entrySet()) {
+        events.add(RowFactory.create(e.getKey(), e.getValue()[0], e.getValue()[1]));
+      }
+      row[values.length] = CollectionConverters.asScala(events).toList();
+      return RowFactory.create(row);
+    }
   }
 
-  static List<Row> step(Columns c, String id, Iterator<Row> rows, GroupState<Row> state) {
+  static List<Row> step(Columns c, long windowMs, String id, Iterator<Row> rows, GroupState<Row> state) {
     List<Row> out = new ArrayList<>();
     List<Row> orders = new ArrayList<>();
     List<Row> segments = new ArrayList<>();
@@ -246,26 +306,76 @@ public final class CustomerState {
         s.segmentAsOf = asOf;
       }
     }
+    boolean isNew = s == null;
+    Customer customer = isNew ? new Customer(id) : s;
+    long[] dropped = new long[2];
+    if (!orders.isEmpty()) {
+      orders = firstCopies(c, customer, orders, state.getCurrentProcessingTimeMs(), windowMs, dropped);
+    }
     if (orders.isEmpty()) {
       if (s != null) {
-        state.update(RowFactory.create(s.values()));
+        state.update(s.stored());
+      }
+      if (dropped[0] + dropped[1] > 0) {
+        out.add(duplicate(id, dropped));
       }
       return out;
     }
-    String previousSegment = s == null ? null : s.segment;
-    String previousModel = s == null ? null : s.modelVersion;
-    s = applyOrders(c, s == null ? new Customer(id) : s, s == null, orders);
-    state.update(RowFactory.create(s.values()));
+    String previousSegment = isNew ? null : s.segment;
+    String previousModel = isNew ? null : s.modelVersion;
+    s = applyOrders(c, customer, isNew, orders);
+    state.update(s.stored());
     Object[] values = s.values();
-    Object[] row = new Object[values.length + 5];
+    Object[] row = new Object[values.length + 7];
     row[0] = STATE;
     System.arraycopy(values, 0, row, 1, values.length);
     row[values.length + 1] = previousSegment;
     row[values.length + 2] = previousModel;
     row[values.length + 3] = (long) orders.size();
-    row[values.length + 4] = null;
+    row[values.length + 4] = dropped[0];
+    row[values.length + 5] = dropped[1];
+    row[values.length + 6] = null;
     out.add(RowFactory.create(row));
     return out;
+  }
+
+  /**
+   * The orders whose event_id the customer has not had within the window, the first copy of each
+   * (by Kafka coordinates, then content, so a replay picks the same); the ids remembered and expired
+   * as of {@code nowMs}. {@code dropped} counts re-sends [0] and conflicting reuses [1].
+   */
+  static List<Row> firstCopies(Columns c, Customer s, List<Row> orders, long nowMs, long windowMs, long[] dropped) {
+    s.recent.values().removeIf(e -> e[1] <= nowMs);
+    orders.sort(
+        Comparator.comparing((Row r) -> r.isNullAt(c.kafkaPartition) ? Integer.MAX_VALUE : r.getInt(c.kafkaPartition))
+            .thenComparing(r -> r.isNullAt(c.kafkaOffset) ? Long.MAX_VALUE : r.getLong(c.kafkaOffset))
+            .thenComparing(r -> contentKey(c, r)));
+    List<Row> kept = new ArrayList<>(orders.size());
+    for (Row r : orders) {
+      String eventId = r.getString(c.eventId);
+      long content = contentKey(c, r);
+      long[] seen = s.recent.get(eventId);
+      if (seen == null) {
+        s.recent.put(eventId, new long[] {content, nowMs + windowMs});
+        kept.add(r);
+      } else {
+        dropped[seen[0] == content ? 0 : 1] += 1;
+      }
+    }
+    return kept;
+  }
+
+  private static long contentKey(Columns c, Row r) {
+    return r.isNullAt(c.contentKey) ? 0L : r.getLong(c.contentKey);
+  }
+
+  private static Row duplicate(String id, long[] dropped) {
+    Object[] row = new Object[STATE_SCHEMA.length() + 7];
+    row[0] = DUPLICATE;
+    row[1] = id;
+    row[row.length - 3] = dropped[0];
+    row[row.length - 2] = dropped[1];
+    return RowFactory.create(row);
   }
 
   /** (seq, model version, as-of) compared in that order; a missing model version or date is oldest. */
@@ -281,7 +391,7 @@ public final class CustomerState {
   }
 
   private static Row invalid(Columns c, Row r) {
-    Object[] row = new Object[STATE_SCHEMA.length() + 5];
+    Object[] row = new Object[STATE_SCHEMA.length() + 7];
     row[0] = INVALID;
     row[1] = r.getString(c.masterId);
     row[row.length - 1] = r.get(c.quarantine);
