@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -50,12 +50,16 @@ from streaming.state import customer_order_deltas, idempotent_txn, merge_state
 log = logging.getLogger(__name__)
 
 
+def dedupe_key() -> Column:
+    """The event-level de-duplication key: a valid event's event_id, an invalid one's Kafka coordinates."""
+    return F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key())
+
+
 def two_step_dedupe(events_df: DataFrame, window: str) -> DataFrame:
     """The stream's de-duplication until it moved into the state step: first occurrence of each event_id
     within `window` of stream time, exact re-sends dropped by one operator and conflicting reuses by another."""
-    key = F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key())
     return (
-        events_df.withColumns({"dedupe_key": key, "ingested_at": F.current_timestamp()})
+        events_df.withColumns({"dedupe_key": dedupe_key(), "ingested_at": F.current_timestamp()})
         .withWatermark("ingested_at", window)
         .dropDuplicatesWithinWatermark(["dedupe_key", CONTENT_KEY])
         .dropDuplicatesWithinWatermark(["dedupe_key"])

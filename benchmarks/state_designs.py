@@ -198,9 +198,9 @@ def fill_topic(spark: SparkSession, bootstrap: str, topic: str, events: int, cus
 
 def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, per_trigger: int) -> DataFrame:
     """Kafka → parse and check (streaming/events.py) → de-duplicate as `dedupe` says."""
-    from benchmarks.merge_design import two_step_dedupe
+    from benchmarks.merge_design import dedupe_key, two_step_dedupe
     from flo_seg.settings import DEFAULT_DEDUPE_WINDOW
-    from streaming.events import CONTENT_KEY, REASON, invalid_event_key, parse_order_events
+    from streaming.events import CONTENT_KEY, parse_order_events
 
     kafka = (
         spark.readStream.format("kafka")
@@ -219,9 +219,8 @@ def front_query(spark: SparkSession, bootstrap: str, topic: str, dedupe: str, pe
         # The product's de-duplication when this spike ran; it now happens inside the state step.
         return two_step_dedupe(parsed, DEFAULT_DEDUPE_WINDOW)
     if dedupe == "within-watermark":
-        key = F.when(F.col(REASON).isNull(), F.col("event_id")).otherwise(invalid_event_key())
         return (
-            parsed.withColumn("dedupe_key", key)
+            parsed.withColumn("dedupe_key", dedupe_key())
             .withWatermark("broker_ts", "1 hour")
             .dropDuplicatesWithinWatermark(["dedupe_key", CONTENT_KEY])
         )

@@ -325,18 +325,30 @@ public final class CustomerState {
     String previousModel = isNew ? null : s.modelVersion;
     s = applyOrders(c, customer, isNew, orders);
     state.update(s.stored());
-    Object[] values = s.values();
+    out.add(output(STATE, s.values(), previousSegment, previousModel, (long) orders.size(), dropped, null));
+    return out;
+  }
+
+  /** An output row (see outputSchema): the kind, the state's values, then the batch's own columns. */
+  private static Row output(
+      String kind, Object[] values, String previousSegment, String previousModel, Long batchOrders, long[] dropped, Object quarantine) {
     Object[] row = new Object[values.length + 7];
-    row[0] = STATE;
+    row[0] = kind;
     System.arraycopy(values, 0, row, 1, values.length);
     row[values.length + 1] = previousSegment;
     row[values.length + 2] = previousModel;
-    row[values.length + 3] = (long) orders.size();
-    row[values.length + 4] = dropped[0];
-    row[values.length + 5] = dropped[1];
-    row[values.length + 6] = null;
-    out.add(RowFactory.create(row));
-    return out;
+    row[values.length + 3] = batchOrders;
+    row[values.length + 4] = dropped == null ? null : dropped[0];
+    row[values.length + 5] = dropped == null ? null : dropped[1];
+    row[values.length + 6] = quarantine;
+    return RowFactory.create(row);
+  }
+
+  /** State values holding only the key: the rows that carry no customer state. */
+  private static Object[] keyOnly(String id) {
+    Object[] values = new Object[STATE_SCHEMA.length()];
+    values[0] = id;
+    return values;
   }
 
   /**
@@ -370,12 +382,7 @@ public final class CustomerState {
   }
 
   private static Row duplicate(String id, long[] dropped) {
-    Object[] row = new Object[STATE_SCHEMA.length() + 7];
-    row[0] = DUPLICATE;
-    row[1] = id;
-    row[row.length - 3] = dropped[0];
-    row[row.length - 2] = dropped[1];
-    return RowFactory.create(row);
+    return output(DUPLICATE, keyOnly(id), null, null, null, dropped, null);
   }
 
   /** (seq, model version, as-of) compared in that order; a missing model version or date is oldest. */
@@ -391,11 +398,7 @@ public final class CustomerState {
   }
 
   private static Row invalid(Columns c, Row r) {
-    Object[] row = new Object[STATE_SCHEMA.length() + 7];
-    row[0] = INVALID;
-    row[1] = r.getString(c.masterId);
-    row[row.length - 1] = r.get(c.quarantine);
-    return RowFactory.create(row);
+    return output(INVALID, keyOnly(r.getString(c.masterId)), null, null, null, null, r.get(c.quarantine));
   }
 
   static Customer applyOrders(Columns c, Customer s, boolean isNew, List<Row> orders) {
